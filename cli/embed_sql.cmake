@@ -1,0 +1,16 @@
+# Writes OUT, a C file holding every migration in FILES (sorted) as
+# `const rp_migration_t rp_migrations[]` and `rp_migrations_count`.
+set(body "/* Generated from sql/ by cli/embed_sql.cmake: do not edit. */\n#include <stddef.h>\n#include \"migrations.h\"\n")
+set(table "const rp_migration_t rp_migrations[] = {\n")
+set(i 0)
+string(REPLACE "|" ";" FILES "${FILES}")
+foreach(f ${FILES})
+  get_filename_component(name ${f} NAME)
+  file(READ ${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "static const char m${i}[] = {${hex}0x00};\n")
+  string(APPEND table "    {\"${name}\", m${i}},\n")
+  math(EXPR i "${i}+1")
+endforeach()
+string(APPEND table "};\nconst size_t rp_migrations_count = ${i};\n")
+file(WRITE ${OUT} "${body}${table}")
