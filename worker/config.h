@@ -1,0 +1,60 @@
+/*
+ * config.h: the worker's settings, loaded once from the environment at
+ * start-up (common/cfg.h) and read-only afterwards.  docs/CONFIGURATION.md
+ * and `ragpool-worker --help` describe every variable.
+ */
+#ifndef RP_WORKER_CONFIG_H
+#define RP_WORKER_CONFIG_H
+
+#include <stddef.h>
+
+#include "cfg.h"
+
+typedef struct rp_worker_cfg {
+    char *database_url;
+    char *listen_database_url;
+    char *openai_base_url;
+    char *openai_api_key;
+    char *embed_model;
+    long embed_dimensions;
+    long embed_batch;
+    char *embed_encoding;
+    char *chat_model;
+    long chat_max_tokens;
+    long max_inflight;
+    long claim_batch;
+    char *match_function;
+    double match_threshold;
+    long match_count;
+    long history_count;
+    char *prompt_template;
+    long lease_ms;
+    long model_timeout_ms;
+    long db_timeout_ms;
+    long backoff_base_ms;
+    long backoff_max_ms;
+    long retry_after_max_ms;
+    long poll_ms;
+    long commit_batch;
+    long drain_timeout_ms;
+    long db_connections;
+    long model_connections;
+    char *worker_id;
+    char *log_level;
+} rp_worker_cfg_t;
+
+extern const rp_cfg_def_t rp_worker_cfg_defs[];
+extern const size_t rp_worker_cfg_ndefs;
+
+/* Load and cross-check the settings (getenv_fn NULL = the environment).
+ * Returns 0, or RP_EINVAL with err naming the variable; free with
+ * rp_worker_cfg_free either way. */
+int rp_worker_cfg_load(rp_worker_cfg_t *cfg, rp_cfg_getenv_fn getenv_fn, void *data,
+                       rp_err_t *err);
+void rp_worker_cfg_free(rp_worker_cfg_t *cfg);
+
+/* True when name is a safe SQL function name: [schema.]identifier of
+ * letters, digits and underscores, not starting with a digit. */
+int rp_sql_name_valid(const char *name);
+
+#endif
