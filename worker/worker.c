@@ -153,7 +153,9 @@ struct rp_worker {
 
     int claim_inflight;
     size_t claim_asked;
-    int work_maybe; /* a NOTIFY, poll or full claim says more jobs may be due */
+    int work_maybe;         /* a NOTIFY, poll or full claim says more jobs may be due */
+    uint64_t wake_seq;      /* counts wake-ups (NOTIFY, poll, retry timer, reconnect) */
+    uint64_t claim_wake_seq; /* wake_seq when the claim in flight was sent */
 
     job_t **embed_pending;
     size_t n_embed_pending;
@@ -166,7 +168,8 @@ struct rp_worker {
     uv_timer_t poll_timer;
     uv_timer_t drain_timer;
     uv_timer_t retry_timer;
-    uint64_t retry_due; /* loop time (ms) the retry timer fires at, 0 = idle */
+    uint64_t *wakeups; /* min-heap of loop times (ms) when retries this worker scheduled are due */
+    size_t nwakeups, capwakeups;
 
     /* totals for the stop line */
     uint64_t n_done, n_retried, n_dead, n_lost;
@@ -465,24 +468,78 @@ static void job_persist(job_t *j)
         commit_flush(w);
 }
 
-/* Arm the retry timer so this worker looks for jobs again when a retry it
- * scheduled is due (other workers' retries are found by their own timers
- * or by the poll). */
-static void retry_timer_cb(uv_timer_t *t)
+/* Retries this worker scheduled: a min-heap of due times drives one timer,
+ * so the worker looks for jobs again when each is due (other workers'
+ * retries are found by their own timers or by the poll). */
+static void heap_push(rp_worker_t *w, uint64_t due)
 {
-    rp_worker_t *w = t->data;
-    w->retry_due = 0;
+    if (w->nwakeups == w->capwakeups) {
+        size_t cap = w->capwakeups ? w->capwakeups * 2 : 64;
+        uint64_t *p = realloc(w->wakeups, cap * sizeof(uint64_t));
+        if (p == NULL)
+            return; /* the poll timer still finds the job */
+        w->wakeups = p;
+        w->capwakeups = cap;
+    }
+    size_t i = w->nwakeups++;
+    while (i > 0 && w->wakeups[(i - 1) / 2] > due) {
+        w->wakeups[i] = w->wakeups[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    w->wakeups[i] = due;
+}
+
+static void heap_pop(rp_worker_t *w)
+{
+    uint64_t last = w->wakeups[--w->nwakeups];
+    size_t i = 0, n = w->nwakeups;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && w->wakeups[c + 1] < w->wakeups[c])
+            c++;
+        if (w->wakeups[c] >= last)
+            break;
+        w->wakeups[i] = w->wakeups[c];
+        i = c;
+    }
+    if (n > 0)
+        w->wakeups[i] = last;
+}
+
+/* Something says jobs may be due: a NOTIFY, the poll, a retry coming due,
+ * a reconnect. */
+static void wake(rp_worker_t *w)
+{
+    w->wake_seq++;
     w->work_maybe = 1;
     maybe_claim(w);
 }
 
+static void retry_timer_cb(uv_timer_t *t)
+{
+    rp_worker_t *w = t->data;
+    uint64_t now = uv_now(w->loop);
+    int due = 0;
+    while (w->nwakeups > 0 && w->wakeups[0] <= now) {
+        heap_pop(w);
+        due = 1;
+    }
+    if (w->nwakeups > 0)
+        uv_timer_start(&w->retry_timer, retry_timer_cb, w->wakeups[0] - now, 0);
+    if (due)
+        wake(w);
+}
+
 static void schedule_wakeup(rp_worker_t *w, uint64_t delay_ms)
 {
+    /* A few ms late, so the job's run_at (set by the server) has passed. */
     uint64_t due = uv_now(w->loop) + delay_ms + 5;
-    if (w->retry_due != 0 && w->retry_due <= due)
-        return;
-    w->retry_due = due;
-    uv_timer_start(&w->retry_timer, retry_timer_cb, due - uv_now(w->loop), 0);
+    int earliest = w->nwakeups == 0 || due < w->wakeups[0];
+    heap_push(w, due);
+    if (earliest && !w->draining)
+        uv_timer_start(&w->retry_timer, retry_timer_cb, due - uv_now(w->loop), 0);
 }
 
 typedef struct fail_ctx {
@@ -551,18 +608,16 @@ static void job_fail(job_t *j, fail_kind_t kind, int64_t retry_after_ms, const c
                                                    : computed);
     char delay[32];
     snprintf(delay, sizeof(delay), "%" PRIu64, fc->delay_ms);
-    const char *params[7] = {j->id,
-                             j->lease_id,
-                             fc->error,
-                             delay,
-                             kind == FAIL_TRANSIENT ? "false" : "true",
-                             SAFE_ERROR_MESSAGE,
-                             kind == FAIL_INVALID ? "invalid_payload" : NULL};
+    /* A malformed job's error starts with "invalid_payload:", which
+     * fail_job records as the dead letter's reason. */
+    const char *params[6] = {j->id,     j->lease_id, fc->error,
+                             delay,     kind == FAIL_TRANSIENT ? "false" : "true",
+                             SAFE_ERROR_MESSAGE};
     job_ref(j);
     int rc = rp_pg_query(db_pick(w),
                          "SELECT ragpool.fail_job($1::uuid, $2::uuid, $3, $4::bigint, $5::boolean, "
-                         "$6, $7)",
-                         7, params, 0, fail_done, fc);
+                         "$6)",
+                         6, params, 0, fail_done, fc);
     if (rc != 0) {
         rp_log_error("job.fail_unrecorded", j->id, "%s (%s)", fc->error, rp_strerror(rc));
         free(fc);
@@ -1001,11 +1056,14 @@ static void claim_done(void *data, const rp_pg_res_t *res)
         return; /* the poll timer or the next NOTIFY tries again */
     }
     int n = rp_pg_res_ntuples(res);
+    if (rp_log_enabled(RP_LOG_DEBUG))
+        rp_log_debug("claim.done", NULL, "asked %zu, got %d", w->claim_asked, n);
     for (int r = 0; r < n; r++)
         job_start(w, res, r);
     /* A full batch means more may be waiting; a short one emptied the
-     * queue of due jobs until the next NOTIFY, poll or retry timer. */
-    if ((size_t)n < w->claim_asked)
+     * queue of due jobs -- unless a wake-up arrived while the claim was in
+     * flight: its job may have committed after the claim's snapshot. */
+    if ((size_t)n < w->claim_asked && w->wake_seq == w->claim_wake_seq)
         w->work_maybe = 0;
     if (w->draining)
         maybe_finish_drain(w);
@@ -1035,6 +1093,7 @@ static void maybe_claim(rp_worker_t *w)
     const char *params[3] = {w->cfg->worker_id, n, lease};
     w->claim_inflight = 1;
     w->claim_asked = want;
+    w->claim_wake_seq = w->wake_seq;
     int rc = rp_pg_query(db_pick(w),
                          "SELECT id, kind, payload, attempts, max_attempts, lease_id, queued_ms "
                          "FROM ragpool.claim_jobs($1, $2::int, $3::int, ARRAY['chat'])",
@@ -1047,16 +1106,12 @@ static void maybe_claim(rp_worker_t *w)
 
 static void on_notify(void *data, const char *channel, const char *payload)
 {
-    rp_worker_t *w = data;
-    w->work_maybe = 1;
-    maybe_claim(w);
+    wake(data);
 }
 
 static void poll_timer_cb(uv_timer_t *t)
 {
-    rp_worker_t *w = t->data;
-    w->work_maybe = 1;
-    maybe_claim(w);
+    wake(t->data);
 }
 
 /* End of every loop turn: send what this turn gathered. */
@@ -1124,8 +1179,7 @@ static void check_done(void *data, const rp_pg_res_t *res)
         uv_timer_start(&w->poll_timer, poll_timer_cb, (uint64_t)w->cfg->poll_ms,
                        (uint64_t)w->cfg->poll_ms);
     }
-    w->work_maybe = 1;
-    maybe_claim(w);
+    wake(w);
 }
 
 static void start_check(rp_worker_t *w)
@@ -1149,9 +1203,7 @@ static void on_listen_connect(void *data)
 {
     /* LISTEN is re-issued by the connection before this runs; anything
      * enqueued while we were away is found by scanning now. */
-    rp_worker_t *w = data;
-    w->work_maybe = 1;
-    maybe_claim(w);
+    wake(data);
 }
 
 static void on_disconnect(void *data, const char *why)
@@ -1447,6 +1499,7 @@ void rp_worker_free(rp_worker_t *w)
     free(w->chat_url);
     free(w->embed_pending);
     free(w->auth_header);
+    free(w->wakeups);
     free(w->db);
     free(w);
 }
