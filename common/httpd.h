@@ -36,7 +36,7 @@ typedef struct rp_httpd_opts {
     int backlog;             /* default 4096 */
     size_t max_header_bytes; /* default 16 KiB */
     size_t max_body_bytes;   /* default 1 MiB */
-    long idle_timeout_ms;    /* close idle keep-alive connections; default 60000 */
+    long idle_timeout_ms;    /* close idle keep-alive connections; 0 = 60000, negative = never */
     rp_httpd_handler handler;
     void *data;
 } rp_httpd_opts_t;
@@ -48,7 +48,8 @@ int rp_httpd_start(rp_httpd_t *s, rp_err_t *err);
 int rp_httpd_port(const rp_httpd_t *s);
 /* Stop accepting; close idle connections; let requests in progress finish. */
 void rp_httpd_stop(rp_httpd_t *s);
-/* Close everything; close_cb runs once all handles are freed. */
+/* Close everything; close_cb runs once all handles are freed (at once for a
+ * server that was never started). */
 void rp_httpd_close(rp_httpd_t *s, void (*close_cb)(void *data), void *data);
 
 /* --- request accessors (valid until the request is answered) --- */
