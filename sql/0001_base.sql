@@ -65,17 +65,25 @@ $$;
 
 -- Roles as Supabase has them.  service_role bypasses RLS (it is what a
 -- server-side component such as the worker may connect as).
+-- Roles are cluster-wide: two databases migrating at once may both see a
+-- role missing, so a concurrent creation (unique_violation on pg_authid, or
+-- duplicate_object) counts as success.
 DO $$
+DECLARE
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
+    FOR r IN SELECT * FROM (VALUES ('anon', 'NOLOGIN NOINHERIT'),
+                                   ('authenticated', 'NOLOGIN NOINHERIT'),
+                                   ('service_role', 'NOLOGIN NOINHERIT BYPASSRLS')) AS t(name, opts)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I %s', r.name, r.opts);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $$;
 
