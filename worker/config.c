@@ -18,6 +18,18 @@
 #define NORANGE 1, 0
 
 const rp_cfg_def_t rp_worker_cfg_defs[] = {
+    {"RAGPOOL_QUEUE", RP_CFG_STR, F(queue), "postgres", NORANGE, 0,
+     "Where jobs are queued: postgres (table + LISTEN/NOTIFY) or redis (a stream with a consumer "
+     "group); answers and dead letters go to Postgres either way."},
+    {"REDIS_URL", RP_CFG_STR, F(redis_url), NULL, NORANGE, RP_CFG_SECRET,
+     "redis://[:password@]host[:port][/db]; required when RAGPOOL_QUEUE=redis."},
+    {"RAGPOOL_REDIS_STREAM", RP_CFG_STR, F(redis_stream), "ragpool:jobs", NORANGE, 0,
+     "Stream holding the jobs (RAGPOOL_QUEUE=redis); the delayed set and the dead-letter stream "
+     "are named after it (<stream>:delayed, <stream>:dead)."},
+    {"RAGPOOL_REDIS_GROUP", RP_CFG_STR, F(redis_group), "ragpool", NORANGE, 0,
+     "Consumer group of the workers (RAGPOOL_QUEUE=redis)."},
+    {"RAGPOOL_REDIS_BLOCK_MS", RP_CFG_INT, F(redis_block_ms), "2000", 1, 60000, 0,
+     "How long one XREADGROUP waits for new entries (RAGPOOL_QUEUE=redis)."},
     {"DATABASE_URL", RP_CFG_STR, F(database_url), NULL, NORANGE, RP_CFG_REQUIRED | RP_CFG_SECRET,
      "Postgres connection (URL or key=value) for the queue, retrieval and answers."},
     {"RAGPOOL_LISTEN_DATABASE_URL", RP_CFG_STR, F(listen_database_url), NULL, NORANGE,
@@ -111,6 +123,10 @@ int rp_worker_cfg_load(rp_worker_cfg_t *cfg, rp_cfg_getenv_fn getenv_fn, void *d
     int rc = rp_cfg_load(rp_worker_cfg_defs, rp_worker_cfg_ndefs, cfg, getenv_fn, data, err);
     if (rc != 0)
         return rc;
+    if (strcmp(cfg->queue, "postgres") != 0 && strcmp(cfg->queue, "redis") != 0)
+        return rp_err_set(err, RP_EINVAL, "RAGPOOL_QUEUE=%s is not postgres or redis", cfg->queue);
+    if (strcmp(cfg->queue, "redis") == 0 && (cfg->redis_url == NULL || cfg->redis_url[0] == '\0'))
+        return rp_err_set(err, RP_EINVAL, "REDIS_URL is required when RAGPOOL_QUEUE=redis");
     if (rp_log_level_parse(cfg->log_level) < 0)
         return rp_err_set(err, RP_EINVAL,
                           "RAGPOOL_LOG_LEVEL=%s is not one of debug, info, warn, error",

@@ -11,6 +11,11 @@
 #include "cfg.h"
 
 typedef struct rp_worker_cfg {
+    char *queue;
+    char *redis_url;
+    char *redis_stream;
+    char *redis_group;
+    long redis_block_ms;
     char *database_url;
     char *listen_database_url;
     char *openai_base_url;

@@ -40,10 +40,8 @@
 #include "openai.h"
 #include "pg.h"
 #include "prompt.h"
+#include "queue.h"
 #include "vec.h"
-
-#define SAFE_ERROR_MESSAGE                                                                   \
-    "Sorry, I could not answer your question right now. Please try again in a moment."
 
 typedef enum {
     JOB_CLAIMED = 0,
@@ -77,7 +75,11 @@ struct job {
     int refs;
 
     char id[40];
-    char lease_id[40];
+    char lease_id[64];    /* the queue's lease token */
+    char kind[16];
+    char *payload;        /* owned copy: a backend may need it to re-queue the job */
+    size_t payload_len;
+    rp_payload_format_t format;
     int attempts, max_attempts;
     double queued_ms;
     rp_chat_payload_t p;
@@ -118,6 +120,8 @@ typedef struct embed_batch {
 typedef struct commit_batch {
     rp_worker_t *w;
     size_t n;
+    char **rows;     /* each job's conversations row as JSON, NULL for row-less kinds */
+    rp_finish_t *fins;
     job_t *jobs[];
 } commit_batch_t;
 
@@ -130,7 +134,7 @@ struct rp_worker {
     rp_http_t *http;
     rp_pg_t **db; /* query connections */
     size_t ndb;
-    rp_pg_t *listen;
+    rp_queue_t *queue;
     rp_prompt_tmpl_t *tmpl;
     rp_backoff_t backoff;
     uint32_t rnd;
@@ -217,6 +221,7 @@ static void list_push(job_list_t *l, job_t *j)
 static void job_free(job_t *j)
 {
     rp_chat_payload_free(&j->p);
+    free(j->payload);
     free(j->embedding);
     free(j->swaps);
     for (size_t i = 0; i < j->nctx; i++) {
@@ -339,41 +344,28 @@ static void append_result(rp_buf_t *b, const job_t *j)
                   j->queued_ms + ms_between(j->t_claimed, uv_hrtime()));
 }
 
-static void commit_done(void *data, const rp_pg_res_t *res)
+static void commit_batch_free(commit_batch_t *cb)
+{
+    for (size_t i = 0; cb->rows != NULL && i < cb->n; i++)
+        free(cb->rows[i]);
+    free(cb->rows);
+    free(cb->fins);
+    free(cb);
+}
+
+static void commit_done(void *data, int err, const rp_outcome_t *outcomes, size_t n)
 {
     commit_batch_t *cb = data;
     rp_worker_t *w = cb->w;
     w->commit_inflight = 0;
-    int err = rp_pg_res_error(res);
-    if (err != 0) {
-        /* The jobs keep their leases; after expiry another worker (or this
-         * one) redoes them, and the unique job_id keeps the effect single. */
-        rp_log_error("commit.failed", NULL, "group commit of %zu jobs failed: %s %s", cb->n,
-                     rp_strerror(err), rp_pg_res_message(res));
-    }
-    /* Outcomes by job id: a small batch, so a linear match is fine. */
-    int nt = err == 0 ? rp_pg_res_ntuples(res) : 0;
     for (size_t i = 0; i < cb->n; i++) {
         job_t *j = cb->jobs[i];
-        /* The default is applied after the comparison, not before: GCC
-         * 12.2 at -O2 drops the "done" branch when outcome starts as a
-         * literal picked by a ternary (reproduced in isolation). */
-        const char *outcome = NULL;
-        for (int r = 0; r < nt; r++) {
-            if (strcmp(rp_pg_res_value(res, r, 0), j->id) == 0) {
-                outcome = rp_pg_res_value(res, r, 1);
-                break;
-            }
-        }
-        int committed = outcome != NULL &&
-                        (strcmp(outcome, "done") == 0 || strcmp(outcome, "duplicate") == 0);
-        if (outcome == NULL)
-            outcome = err == 0 ? "lost_lease" : "commit_failed";
-        if (committed) {
+        rp_outcome_t o = i < n ? outcomes[i] : RP_OUTCOME_FAILED;
+        if (o == RP_OUTCOME_DONE) {
             w->n_done++;
             if (rp_log_enabled(RP_LOG_INFO)) {
-                json_t *f = json_pack("{s:s, s:i, s:f, s:I, s:I}", "outcome", outcome,
-                                      "attempt", j->attempts, "total_ms",
+                json_t *f = json_pack("{s:s, s:i, s:f, s:I, s:I}", "kind", j->kind, "attempt",
+                                      j->attempts, "total_ms",
                                       round((j->queued_ms +
                                              ms_between(j->t_claimed, uv_hrtime())) * 10) / 10,
                                       "prompt_tokens", (json_int_t)j->chat.prompt_tokens,
@@ -382,19 +374,21 @@ static void commit_done(void *data, const rp_pg_res_t *res)
                 rp_log_fields(RP_LOG_INFO, "job.done", j->id, f);
             }
         } else {
+            /* The job keeps its lease; after expiry it runs again, and the
+             * unique job_id keeps the effect single. */
             w->n_lost++;
-            rp_log_warn("job.lost", j->id, "not committed (%s): the job returns after its lease",
-                        outcome);
+            rp_log_warn("job.lost", j->id, "not committed (%s%s%s): the job returns after its lease",
+                        rp_outcome_name(o), err ? ": " : "", err ? rp_strerror(err) : "");
         }
         job_set_state(j, JOB_DONE);
         job_unref(j);
     }
-    free(cb);
+    commit_batch_free(cb);
     if (w->commit_queued > 0)
         commit_flush(w);
 }
 
-/* Send the queued finished jobs as one ragpool.complete_jobs call. */
+/* Send the queued finished jobs to the queue as one group. */
 static void commit_flush(rp_worker_t *w)
 {
     if (w->commit_inflight || w->commit_queued == 0)
@@ -402,53 +396,61 @@ static void commit_flush(rp_worker_t *w)
     size_t n = w->commit_queued;
     if (n > (size_t)w->cfg->commit_batch)
         n = (size_t)w->cfg->commit_batch;
-    commit_batch_t *cb = malloc(sizeof(*cb) + n * sizeof(job_t *));
-    rp_buf_t b = RP_BUF_INIT;
-    if (cb == NULL)
-        goto nomem;
+    commit_batch_t *cb = calloc(1, sizeof(*cb) + n * sizeof(job_t *));
+    if (cb == NULL) {
+        rp_log_error("commit.failed", NULL, "out of memory building a group commit");
+        return; /* retried at the end of the next loop turn */
+    }
     cb->w = w;
     cb->n = n;
-    rp_buf_putc(&b, '[');
+    cb->rows = calloc(n, sizeof(char *));
+    cb->fins = calloc(n, sizeof(rp_finish_t));
     for (size_t i = 0; i < n; i++) {
         job_t *j = w->commit_head;
         w->commit_head = j->commit_next;
         j->commit_next = NULL;
         cb->jobs[i] = j;
-        if (i > 0)
-            rp_buf_putc(&b, ',');
-        append_result(&b, j);
     }
     if (w->commit_head == NULL)
         w->commit_tail = NULL;
     w->commit_queued -= n;
-    rp_buf_putc(&b, ']');
-    if (rp_buf_failed(&b))
-        goto nomem_jobs;
-    const char *params[1] = {b.data};
-    int rc = rp_pg_query(db_pick(w),
-                         "SELECT job_id, outcome FROM ragpool.complete_jobs($1::jsonb)", 1, params,
-                         0, commit_done, cb);
-    rp_buf_free(&b);
-    if (rc != 0) {
-        rp_log_error("commit.failed", NULL, "cannot send a group commit: %s", rp_strerror(rc));
-        for (size_t i = 0; i < n; i++) {
-            job_set_state(cb->jobs[i], JOB_DONE);
-            job_unref(cb->jobs[i]);
+
+    int rc = cb->rows == NULL || cb->fins == NULL ? RP_ENOMEM : 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        job_t *j = cb->jobs[i];
+        if (strcmp(j->kind, "chat") == 0) {
+            rp_buf_t b = RP_BUF_INIT;
+            append_result(&b, j);
+            cb->rows[i] = rp_buf_take(&b, NULL);
+            if (cb->rows[i] == NULL)
+                rc = RP_ENOMEM;
         }
-        free(cb);
+        cb->fins[i] = (rp_finish_t){
+            .kind = RP_FINISH_DONE,
+            .id = j->id,
+            .lease = j->lease_id,
+            .attempts = j->attempts,
+            .max_attempts = j->max_attempts,
+            .row_json = cb->rows[i],
+            .payload = j->payload,
+            .payload_len = j->payload_len,
+            .format = j->format,
+            .kind_name = j->kind,
+        };
+    }
+    if (rc == 0)
+        rc = w->queue->vtbl->finish(w->queue, cb->fins, n, commit_done, cb);
+    if (rc == 0) {
+        w->commit_inflight = 1;
         return;
     }
-    w->commit_inflight = 1;
-    return;
-nomem_jobs:
+    rp_log_error("commit.failed", NULL, "cannot send a group commit of %zu jobs: %s", n,
+                 rp_strerror(rc));
     for (size_t i = 0; i < n; i++) {
         job_set_state(cb->jobs[i], JOB_DONE);
         job_unref(cb->jobs[i]);
     }
-nomem:
-    free(cb);
-    rp_buf_free(&b);
-    rp_log_error("commit.failed", NULL, "out of memory building a group commit");
+    commit_batch_free(cb);
 }
 
 static void job_persist(job_t *j)
@@ -548,28 +550,27 @@ typedef struct fail_ctx {
     char error[512];
 } fail_ctx_t;
 
-static void fail_done(void *data, const rp_pg_res_t *res)
+static void fail_done(void *data, int err, const rp_outcome_t *outcomes, size_t n)
 {
     fail_ctx_t *fc = data;
     job_t *j = fc->j;
     rp_worker_t *w = j->w;
-    int err = rp_pg_res_error(res);
-    const char *outcome = "unrecorded";
-    if (err == 0 && rp_pg_res_ntuples(res) > 0)
-        outcome = rp_pg_res_value(res, 0, 0);
+    rp_outcome_t o = n > 0 ? outcomes[0] : RP_OUTCOME_FAILED;
     json_t *f = json_pack("{s:s, s:i, s:s}", "error", fc->error, "attempt", j->attempts,
-                          "outcome", outcome);
-    if (strcmp(outcome, "retry") == 0) {
+                          "outcome", rp_outcome_name(o));
+    if (o == RP_OUTCOME_RETRY) {
         w->n_retried++;
         json_object_set_new(f, "retry_in_ms", json_integer((json_int_t)fc->delay_ms));
         rp_log_fields(RP_LOG_WARN, "job.retry", j->id, f);
         schedule_wakeup(w, fc->delay_ms);
-    } else if (strcmp(outcome, "dead") == 0) {
+    } else if (o == RP_OUTCOME_DEAD) {
         w->n_dead++;
         rp_log_fields(RP_LOG_ERROR, "job.dead", j->id, f);
     } else {
+        /* Lease lost, or the queue unreachable: the job comes back after
+         * its lease and is counted as another attempt. */
         if (err != 0)
-            json_object_set_new(f, "db_error", json_string(rp_pg_res_message(res)));
+            json_object_set_new(f, "queue_error", json_string(rp_strerror(err)));
         rp_log_fields(RP_LOG_WARN, "job.fail_unrecorded", j->id, f);
     }
     free(fc);
@@ -578,7 +579,8 @@ static void fail_done(void *data, const rp_pg_res_t *res)
 }
 
 /* Record a failure: the queue decides (atomically, under the lease) whether
- * the job is retried later or dead-lettered with an error row. */
+ * the job is retried later or dead-lettered with an error row.  A malformed
+ * job's error starts with "invalid_payload:", the dead letter's reason. */
 static void job_fail(job_t *j, fail_kind_t kind, int64_t retry_after_ms, const char *fmt, ...)
 {
     if (!job_active(j) || j->state == JOB_FAILING || j->state == JOB_PERSISTING)
@@ -606,18 +608,23 @@ static void job_fail(job_t *j, fail_kind_t kind, int64_t retry_after_ms, const c
                                                (uint64_t)w->cfg->retry_after_max_ms > computed
                                                    ? (uint64_t)w->cfg->retry_after_max_ms
                                                    : computed);
-    char delay[32];
-    snprintf(delay, sizeof(delay), "%" PRIu64, fc->delay_ms);
-    /* A malformed job's error starts with "invalid_payload:", which
-     * fail_job records as the dead letter's reason. */
-    const char *params[6] = {j->id,     j->lease_id, fc->error,
-                             delay,     kind == FAIL_TRANSIENT ? "false" : "true",
-                             SAFE_ERROR_MESSAGE};
+    rp_finish_t fin = {
+        .kind = kind == FAIL_TRANSIENT   ? RP_FINISH_RETRY
+                : kind == FAIL_PERMANENT ? RP_FINISH_PERMANENT
+                                         : RP_FINISH_INVALID,
+        .id = j->id,
+        .lease = j->lease_id,
+        .attempts = j->attempts,
+        .max_attempts = j->max_attempts,
+        .error = fc->error,
+        .delay_ms = fc->delay_ms,
+        .payload = j->payload,
+        .payload_len = j->payload_len,
+        .format = j->format,
+        .kind_name = j->kind,
+    };
     job_ref(j);
-    int rc = rp_pg_query(db_pick(w),
-                         "SELECT ragpool.fail_job($1::uuid, $2::uuid, $3, $4::bigint, $5::boolean, "
-                         "$6)",
-                         6, params, 0, fail_done, fc);
+    int rc = w->queue->vtbl->finish(w->queue, &fin, 1, fail_done, fc);
     if (rc != 0) {
         rp_log_error("job.fail_unrecorded", j->id, "%s (%s)", fc->error, rp_strerror(rc));
         free(fc);
@@ -1009,20 +1016,29 @@ static void job_advance(job_t *j)
 /* Claiming                                                             */
 /* ------------------------------------------------------------------ */
 
-static void job_start(rp_worker_t *w, const rp_pg_res_t *res, int row)
+static void job_start(rp_worker_t *w, const rp_claimed_t *c)
 {
     job_t *j = calloc(1, sizeof(*j));
-    if (j == NULL) {
-        rp_log_error("job.claim", NULL, "out of memory: the job returns after its lease");
+    char *payload = malloc(c->payload_len + 1);
+    if (j == NULL || payload == NULL) {
+        free(j);
+        free(payload);
+        rp_log_error("job.claim", c->id, "out of memory: the job returns after its lease");
         return;
     }
+    memcpy(payload, c->payload, c->payload_len);
+    payload[c->payload_len] = '\0';
     j->w = w;
     j->refs = 1; /* the pool's own reference, dropped when the job is DONE */
-    snprintf(j->id, sizeof(j->id), "%s", rp_pg_res_value(res, row, 0));
-    snprintf(j->lease_id, sizeof(j->lease_id), "%s", rp_pg_res_value(res, row, 5));
-    j->attempts = atoi(rp_pg_res_value(res, row, 3));
-    j->max_attempts = atoi(rp_pg_res_value(res, row, 4));
-    j->queued_ms = atof(rp_pg_res_value(res, row, 6));
+    snprintf(j->id, sizeof(j->id), "%s", c->id);
+    snprintf(j->lease_id, sizeof(j->lease_id), "%s", c->lease);
+    snprintf(j->kind, sizeof(j->kind), "%s", c->kind);
+    j->payload = payload;
+    j->payload_len = c->payload_len;
+    j->format = c->format;
+    j->attempts = c->attempts;
+    j->max_attempts = c->max_attempts;
+    j->queued_ms = c->queued_ms;
     j->t_claimed = uv_hrtime();
     j->state = JOB_CLAIMED;
     list_push(&w->lists[JOB_CLAIMED], j);
@@ -1030,12 +1046,14 @@ static void job_start(rp_worker_t *w, const rp_pg_res_t *res, int row)
 
     job_ref(j); /* held across this function: a failure can finish the job at once */
     rp_err_t err;
-    const char *kind = rp_pg_res_value(res, row, 1);
-    const char *payload = rp_pg_res_value(res, row, 2);
-    if (strcmp(kind, "chat") != 0) {
-        job_fail(j, FAIL_INVALID, -1, "invalid_payload: unknown job kind '%.40s'", kind);
-    } else if (rp_chat_payload_decode_json(payload, (size_t)rp_pg_res_length(res, row, 2), &j->p,
-                                           &err) != 0) {
+    if (strcmp(c->kind, "noop") == 0) {
+        /* A job with no work and no row: the queue benchmarks' unit. */
+        job_persist(j);
+    } else if (strcmp(c->kind, "chat") != 0) {
+        job_fail(j, FAIL_INVALID, -1, "invalid_payload: unknown job kind '%.40s'", c->kind);
+    } else if (c->format != RP_PAYLOAD_JSON) {
+        job_fail(j, FAIL_INVALID, -1, "invalid_payload: unsupported payload encoding");
+    } else if (rp_chat_payload_decode_json(c->payload, c->payload_len, &j->p, &err) != 0) {
         job_fail(j, FAIL_INVALID, -1, "invalid_payload: %s", err.msg);
     } else {
         job_advance(j);
@@ -1043,27 +1061,22 @@ static void job_start(rp_worker_t *w, const rp_pg_res_t *res, int row)
     job_unref(j);
 }
 
-static void claim_done(void *data, const rp_pg_res_t *res)
+static void claim_done(void *data, int err, const rp_claimed_t *jobs, size_t n)
 {
     rp_worker_t *w = data;
     w->claim_inflight = 0;
-    int err = rp_pg_res_error(res);
     if (err != 0) {
-        if (err != RP_ECANCELED)
-            rp_log_error("claim.failed", NULL, "%s %s", rp_strerror(err),
-                         rp_pg_res_message(res));
         maybe_finish_drain(w);
-        return; /* the poll timer or the next NOTIFY tries again */
+        return; /* the poll timer or the next wake-up tries again */
     }
-    int n = rp_pg_res_ntuples(res);
     if (rp_log_enabled(RP_LOG_DEBUG))
-        rp_log_debug("claim.done", NULL, "asked %zu, got %d", w->claim_asked, n);
-    for (int r = 0; r < n; r++)
-        job_start(w, res, r);
+        rp_log_debug("claim.done", NULL, "asked %zu, got %zu", w->claim_asked, n);
+    for (size_t i = 0; i < n; i++)
+        job_start(w, &jobs[i]);
     /* A full batch means more may be waiting; a short one emptied the
      * queue of due jobs -- unless a wake-up arrived while the claim was in
      * flight: its job may have committed after the claim's snapshot. */
-    if ((size_t)n < w->claim_asked && w->wake_seq == w->claim_wake_seq)
+    if (n < w->claim_asked && w->wake_seq == w->claim_wake_seq && !w->queue->vtbl->claims_block)
         w->work_maybe = 0;
     if (w->draining)
         maybe_finish_drain(w);
@@ -1087,24 +1100,17 @@ static void maybe_claim(rp_worker_t *w)
     size_t want = claim_want(w);
     if (want == 0)
         return;
-    char n[32], lease[32];
-    snprintf(n, sizeof(n), "%zu", want);
-    snprintf(lease, sizeof(lease), "%ld", w->cfg->lease_ms);
-    const char *params[3] = {w->cfg->worker_id, n, lease};
     w->claim_inflight = 1;
     w->claim_asked = want;
     w->claim_wake_seq = w->wake_seq;
-    int rc = rp_pg_query(db_pick(w),
-                         "SELECT id, kind, payload, attempts, max_attempts, lease_id, queued_ms "
-                         "FROM ragpool.claim_jobs($1, $2::int, $3::int, ARRAY['chat'])",
-                         3, params, 0, claim_done, w);
+    int rc = w->queue->vtbl->claim(w->queue, want, claim_done, w);
     if (rc != 0) {
         w->claim_inflight = 0;
         rp_log_error("claim.failed", NULL, "cannot send the claim: %s", rp_strerror(rc));
     }
 }
 
-static void on_notify(void *data, const char *channel, const char *payload)
+static void on_queue_wake(void *data)
 {
     wake(data);
 }
@@ -1199,13 +1205,6 @@ static void on_db_connect(void *data)
     start_check(w);
 }
 
-static void on_listen_connect(void *data)
-{
-    /* LISTEN is re-issued by the connection before this runs; anything
-     * enqueued while we were away is found by scanning now. */
-    wake(data);
-}
-
 static void on_disconnect(void *data, const char *why)
 {
     rp_log_warn("db.disconnected", NULL, "%s", why);
@@ -1249,7 +1248,7 @@ static void close_all(rp_worker_t *w)
         rp_pg_close(w->db[i], handle_closed, w);
     }
     w->handles_open++;
-    rp_pg_close(w->listen, handle_closed, w);
+    w->queue->vtbl->close(w->queue, handle_closed, w);
     w->handles_open++;
     rp_http_close(w->http, handle_closed, w);
     handle_closed(w);
@@ -1264,17 +1263,17 @@ static void maybe_finish_drain(rp_worker_t *w)
     close_all(w);
 }
 
-static void release_done(void *data, const rp_pg_res_t *res)
+typedef struct release_ctx {
+    rp_worker_t *w;
+    rp_finish_t *fins;
+} release_ctx_t;
+
+static void release_done(void *data, int err, const rp_outcome_t *outcomes, size_t n)
 {
-    rp_worker_t *w = data;
-    int err = rp_pg_res_error(res);
-    if (err != 0)
-        rp_log_error("worker.release_failed", NULL,
-                     "%s %s: the jobs return to the queue when their leases expire",
-                     rp_strerror(err), rp_pg_res_message(res));
-    else
-        rp_log_info("worker.released", NULL, "%s jobs released to the queue",
-                    rp_pg_res_value(res, 0, 0));
+    release_ctx_t *rc = data;
+    rp_worker_t *w = rc->w;
+    free(rc->fins);
+    free(rc);
     job_t *j;
     while ((j = w->lists[JOB_RELEASING].head) != NULL)
         job_set_state(j, JOB_DONE);
@@ -1288,9 +1287,7 @@ static void release_unfinished(rp_worker_t *w)
     w->released_all = 1;
     static const job_state_t states[] = {JOB_CLAIMED, JOB_FETCHING, JOB_RETRIEVING,
                                          JOB_INFERRING};
-    rp_buf_t b = RP_BUF_INIT;
     size_t n = 0;
-    rp_buf_putc(&b, '[');
     for (size_t s = 0; s < sizeof(states) / sizeof(states[0]); s++) {
         job_t *j;
         while ((j = w->lists[states[s]].head) != NULL) {
@@ -1299,27 +1296,42 @@ static void release_unfinished(rp_worker_t *w)
                 j->chat_req = NULL;
                 job_unref(j);
             }
-            rp_buf_printf(&b, "%s{\"job_id\":\"%s\",\"lease_id\":\"%s\"}", n ? "," : "", j->id,
-                          j->lease_id);
             n++;
             job_set_state(j, JOB_RELEASING);
         }
     }
-    rp_buf_putc(&b, ']');
     if (n == 0) {
-        rp_buf_free(&b);
         maybe_finish_drain(w);
         return;
     }
     rp_log_warn("worker.releasing", NULL, "drain deadline reached: releasing %zu jobs", n);
-    const char *params[1] = {b.data};
-    int rc = rp_buf_failed(&b) ? RP_ENOMEM
-                               : rp_pg_query(db_pick(w),
-                                             "SELECT ragpool.release_jobs($1::jsonb)", 1,
-                                             params, 0, release_done, w);
-    rp_buf_free(&b);
+    release_ctx_t *ctx = calloc(1, sizeof(*ctx));
+    rp_finish_t *fins = calloc(n, sizeof(*fins));
+    int rc = RP_ENOMEM;
+    if (ctx != NULL && fins != NULL) {
+        size_t i = 0;
+        for (job_t *j = w->lists[JOB_RELEASING].head; j != NULL; j = j->next, i++)
+            fins[i] = (rp_finish_t){
+                .kind = RP_FINISH_RETRY,
+                .id = j->id,
+                .lease = j->lease_id,
+                .attempts = j->attempts,
+                .max_attempts = j->max_attempts,
+                .payload = j->payload,
+                .payload_len = j->payload_len,
+                .format = j->format,
+                .kind_name = j->kind,
+            };
+        ctx->w = w;
+        ctx->fins = fins;
+        rc = w->queue->vtbl->release(w->queue, fins, n, release_done, ctx);
+    }
     if (rc != 0) {
-        rp_log_error("worker.release_failed", NULL, "%s", rp_strerror(rc));
+        rp_log_error("worker.release_failed", NULL,
+                     "%s: the jobs return to the queue when their leases expire",
+                     rp_strerror(rc));
+        free(ctx);
+        free(fins);
         job_t *j;
         while ((j = w->lists[JOB_RELEASING].head) != NULL)
             job_set_state(j, JOB_DONE);
@@ -1436,17 +1448,15 @@ rp_worker_t *rp_worker_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg,
         }
         popts.on_connect = NULL; /* the start-up check runs on db[0] */
     }
-    rp_pg_opts_t lopts = popts;
-    lopts.application_name = "ragpool-worker-listen";
-    lopts.on_connect = on_listen_connect;
-    lopts.on_notify = on_notify;
-    lopts.query_timeout_ms = 0;
-    w->listen = rp_pg_new(loop, cfg->listen_database_url, &lopts, err);
-    if (w->listen == NULL) {
-        rp_err_t inner = *err;
-        rp_err_set(err, RP_EINVAL, "RAGPOOL_LISTEN_DATABASE_URL: %s", inner.msg);
-        goto fail;
+    if (strcmp(cfg->queue, "postgres") == 0) {
+        w->queue = rp_queue_pg_new(loop, cfg, w->db, w->ndb, err);
+    } else {
+        rp_err_set(err, RP_EINVAL, "RAGPOOL_QUEUE=%s is not supported by this build", cfg->queue);
     }
+    if (w->queue == NULL)
+        goto fail;
+    w->queue->on_wake = on_queue_wake;
+    w->queue->wake_data = w;
 
     uv_check_init(loop, &w->flush_check);
     uv_timer_init(loop, &w->poll_timer);
@@ -1479,10 +1489,9 @@ fail:
 int rp_worker_start(rp_worker_t *w)
 {
     uv_check_start(&w->flush_check, flush_check_cb);
-    int rc = rp_pg_listen(w->listen, "ragpool_jobs");
+    int rc = w->queue->vtbl->start(w->queue);
     if (rc != 0)
         return rc;
-    rp_pg_start(w->listen);
     for (size_t i = 0; i < w->ndb; i++)
         rp_pg_start(w->db[i]);
     return 0;
