@@ -27,23 +27,23 @@ typedef struct rp_queue rp_queue_t;
 
 /* What a user is shown when a job failed for good (the details go to the
  * dead letter and the logs, never to the user). */
-#define RP_SAFE_ERROR_MESSAGE                                                                \
+#define RP_SAFE_ERROR_MESSAGE                                                                      \
     "Sorry, I could not answer your question right now. Please try again in a moment."
 
 typedef enum { RP_PAYLOAD_JSON, RP_PAYLOAD_MSGPACK } rp_payload_format_t;
 
 /* A claimed job, as the backend hands it over (borrowed during the callback). */
 typedef struct rp_claimed {
-    const char *id;       /* job id: a uuid */
-    const char *lease;    /* opaque token proving the claim (Postgres lease_id,
-                           * Redis stream entry id) */
-    const char *kind;     /* "chat", ... */
-    const char *payload;  /* the job's payload */
+    const char *id;      /* job id: a uuid */
+    const char *lease;   /* opaque token proving the claim (Postgres lease_id,
+                          * Redis stream entry id) */
+    const char *kind;    /* "chat", ... */
+    const char *payload; /* the job's payload */
     size_t payload_len;
     rp_payload_format_t format;
-    int attempts;         /* this attempt's number, from 1 */
+    int attempts; /* this attempt's number, from 1 */
     int max_attempts;
-    double queued_ms;     /* enqueue -> claim */
+    double queued_ms; /* enqueue -> claim */
 } rp_claimed_t;
 
 /* The end of one job, for rp_queue_finish. */
@@ -58,9 +58,9 @@ typedef struct rp_finish {
     rp_finish_kind_t kind;
     const char *id, *lease;
     int attempts, max_attempts;
-    const char *row_json; /* DONE: the conversations row as a JSON object (see
-                           * docs/CONTRACTS.md, complete_jobs element) */
-    const char *error;    /* failures: the error, for the dead letter and logs */
+    const char *row_json;        /* DONE: the conversations row as a JSON object (see
+                                  * docs/CONTRACTS.md, complete_jobs element) */
+    const char *error;           /* failures: the error, for the dead letter and logs */
     unsigned long long delay_ms; /* RETRY */
     /* For failures the backend may need the payload (to re-add or to write
      * the error row): */
@@ -72,11 +72,11 @@ typedef struct rp_finish {
 
 /* Outcome of one finished job, reported back per job. */
 typedef enum {
-    RP_OUTCOME_DONE,      /* row written (or already there: a duplicate) */
-    RP_OUTCOME_RETRY,     /* will run again */
-    RP_OUTCOME_DEAD,      /* dead-lettered (error row written when possible) */
-    RP_OUTCOME_LOST,      /* the lease was no longer ours: nothing written */
-    RP_OUTCOME_FAILED,    /* the backend could not record it: the job comes back after its lease */
+    RP_OUTCOME_DONE,   /* row written (or already there: a duplicate) */
+    RP_OUTCOME_RETRY,  /* will run again */
+    RP_OUTCOME_DEAD,   /* dead-lettered (error row written when possible) */
+    RP_OUTCOME_LOST,   /* the lease was no longer ours: nothing written */
+    RP_OUTCOME_FAILED, /* the backend could not record it: the job comes back after its lease */
 } rp_outcome_t;
 
 const char *rp_outcome_name(rp_outcome_t o);

@@ -24,7 +24,7 @@ typedef struct pg_queue {
     const rp_worker_cfg_t *cfg;
     rp_pg_t *const *db; /* borrowed */
     size_t ndb;
-    rp_pg_t *listen;    /* owned */
+    rp_pg_t *listen; /* owned */
     char kinds[64];
     void (*close_cb)(void *data);
     void *close_data;
@@ -36,9 +36,9 @@ typedef struct op {
     rp_queue_finish_cb cb;
     void *data;
     size_t n;
-    int pending;      /* statements still to answer (a mixed group needs two) */
+    int pending; /* statements still to answer (a mixed group needs two) */
     int err;
-    char **ids;       /* job ids, to match the answers */
+    char **ids; /* job ids, to match the answers */
     rp_outcome_t *outcomes;
 } op_t;
 
@@ -90,8 +90,7 @@ static void claim_done(void *data, const rp_pg_res_t *res)
     int err = rp_pg_res_error(res);
     if (err != 0) {
         if (err != RP_ECANCELED)
-            rp_log_error("claim.failed", NULL, "%s %s", rp_strerror(err),
-                         rp_pg_res_message(res));
+            rp_log_error("claim.failed", NULL, "%s %s", rp_strerror(err), rp_pg_res_message(res));
         co->cb(co->data, err, NULL, 0);
         free(co);
         return;
@@ -99,8 +98,8 @@ static void claim_done(void *data, const rp_pg_res_t *res)
     int n = rp_pg_res_ntuples(res);
     rp_claimed_t *jobs = calloc(n > 0 ? (size_t)n : 1, sizeof(*jobs));
     if (jobs == NULL) {
-        rp_log_error("claim.failed", NULL, "out of memory: %d claimed jobs return after their lease",
-                     n);
+        rp_log_error("claim.failed", NULL,
+                     "out of memory: %d claimed jobs return after their lease", n);
         co->cb(co->data, RP_ENOMEM, NULL, 0);
         free(co);
         return;
@@ -311,8 +310,7 @@ static int pg_finish(rp_queue_t *base, const rp_finish_t *jobs, size_t n, rp_que
         rp_buf_putc(&wrapped, '[');
         rp_buf_append(&wrapped, acks.data, acks.len);
         rp_buf_putc(&wrapped, ']');
-        rc = send_group(q, op, "SELECT job_id, outcome FROM ragpool.ack_jobs($1::jsonb)",
-                        &wrapped);
+        rc = send_group(q, op, "SELECT job_id, outcome FROM ragpool.ack_jobs($1::jsonb)", &wrapped);
         rp_buf_free(&wrapped);
     }
     rp_buf_free(&rows);
