@@ -578,8 +578,12 @@ static int req_setup(rp_http_t *h, rp_http_req_t *r, const rp_http_request_t *re
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     if (h->opts.http2) {
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-        /* Wait for a connection that can multiplex rather than open more. */
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        /* Wait for a connection that can multiplex rather than open more --
+         * only over TLS, where ALPN may offer HTTP/2.  Over plain http://
+         * there is no HTTP/2 here, and waiting would hold every new request
+         * until the first one answered (a whole model latency). */
+        if (strncmp(req->url, "https://", 8) == 0)
+            curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     } else {
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     }
