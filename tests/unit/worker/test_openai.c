@@ -81,6 +81,72 @@ static void embed_parse_rejects(void **state)
     assert_non_null(strstr(err.msg, "different dimensions"));
 }
 
+static void embed_parse_json_syntax(void **state)
+{
+    /* Accepted: whitespace anywhere, escaped slashes in base64, unknown
+     * fields of any shape, exponents in float arrays, fields in any order. */
+    const char *ok[] = {
+        " { \"usage\" : {\"prompt_tokens\": 3, \"x\": [1, {\"y\": null}]},\n"
+        "   \"data\" : [ { \"embedding\" : \"AACAPwAAAMA=\" , \"index\" : 0, "
+        "\"object\": \"embedding\", \"extra\": [true, false, -1.5e3, \"s\\u00e9\\n\"] } ],"
+        " \"model\": \"m\" } \n",
+        "{\"data\":[{\"embedding\":\"AACAPwAA\\/MA=\"}]}",
+        "{\"data\":[{\"embedding\":[1e0,-2E+0]}]}",
+    };
+    for (size_t i = 0; i < 3; i++) {
+        rp_embeddings_t e;
+        rp_err_t err;
+        int rc = rp_openai_embed_parse(ok[i], strlen(ok[i]), 1, 0, &e, &err);
+        if (rc != 0)
+            fail_msg("case %zu: %s", i, err.msg);
+        assert_int_equal(e.dims, 2);
+        assert_true(e.data[0] == 1.0f);
+        if (i != 1)
+            assert_true(e.data[1] == -2.0f);
+        if (i == 0)
+            assert_int_equal(e.prompt_tokens, 3);
+        rp_embeddings_free(&e);
+    }
+    /* Refused: anything that is not one valid JSON document. */
+    const char *bad[] = {
+        "{\"data\":[{\"embedding\":[1,2]}]} trailing",
+        "{\"data\":[{\"embedding\":[1,2]}],}",
+        "{\"data\":[{\"embedding\":[1,2],}]}",
+        "{\"data\":[{\"embedding\":[01]}]}",
+        "{\"data\":[{\"embedding\":[1.]}]}",
+        "{\"data\":[{\"embedding\":\"AACA\tPw==\"}]}",
+        "{\"data\":[{\"embedding\":[1,2]}],\"x\":\"\\q\"}",
+        "{\"data\":[{\"embedding\":[1,2]}],\"x\":tru}",
+        "{\"data\":[{\"embedding\":[1,2]}]",
+        "",
+        "[]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        rp_embeddings_t e;
+        rp_err_t err;
+        if (rp_openai_embed_parse(bad[i], strlen(bad[i]), 1, 0, &e, &err) != RP_EPROTO)
+            fail_msg("case %zu was accepted", i);
+        assert_null(e.data);
+    }
+    /* Deep nesting is refused, not a stack overflow. */
+    char deep[20000];
+    size_t k = 0;
+    k += (size_t)sprintf(deep, "{\"data\":[{\"embedding\":[1]}],\"x\":");
+    for (int i = 0; i < 5000; i++)
+        deep[k++] = '[';
+    for (int i = 0; i < 5000; i++)
+        deep[k++] = ']';
+    deep[k++] = '}';
+    rp_embeddings_t e;
+    rp_err_t err;
+    assert_int_equal(rp_openai_embed_parse(deep, k, 1, 0, &e, &err), RP_EPROTO);
+    assert_non_null(strstr(err.msg, "nested too deeply"));
+    /* Too many vectors are counted in the message. */
+    const char *many = "{\"data\":[{\"embedding\":[1]},{\"embedding\":[2]},{\"embedding\":[3]}]}";
+    assert_int_equal(rp_openai_embed_parse(many, strlen(many), 1, 0, &e, &err), RP_EPROTO);
+    assert_non_null(strstr(err.msg, "has 3 vectors, expected 1"));
+}
+
 static void chat_request_and_parse(void **state)
 {
     char *body = rp_openai_chat_request("gpt", "Q?\n\"x\"", 6, 128, 0.5, NULL);
@@ -142,6 +208,7 @@ int main(void)
         cmocka_unit_test(embed_request_body),
         cmocka_unit_test(embed_parse_float_and_base64),
         cmocka_unit_test(embed_parse_rejects),
+        cmocka_unit_test(embed_parse_json_syntax),
         cmocka_unit_test(chat_request_and_parse),
         cmocka_unit_test(errors_are_classified_and_described),
     };
