@@ -1,7 +1,11 @@
 /*
- * enqueue.c: `ragpool enqueue`: enqueue one chat job through
- * ragpool.enqueue_chat and, with --wait, wait for its conversations row and
- * print it in a readable form.
+ * enqueue.c: `ragpool enqueue`: enqueue one chat job into the Postgres or
+ * the Redis queue (--queue, default $RAGPOOL_QUEUE, else postgres) through
+ * the library's producer (common/producer.h, run on a small libuv loop of
+ * its own) and, with --wait, wait for its conversations row in Postgres
+ * (where answers are recorded whatever the queue) and print it in a
+ * readable form.  The Redis queue takes REDIS_URL and RAGPOOL_REDIS_STREAM
+ * from the environment.
  *
  * Waiting follows the LISTEN rules: LISTEN ragpool_done first, then look
  * for the row (it may already be there), then look again on every
@@ -16,19 +20,28 @@
 #include <string.h>
 #include <sys/select.h>
 #include <time.h>
+#include <uv.h>
 
 #include "cli.h"
+#include "log.h"
+#include "producer.h"
+
+#define ENQUEUE_TIMEOUT_MS 10000
 
 void rp_cli_enqueue_usage(FILE *f)
 {
     fprintf(f, "ragpool enqueue --user ID --message TEXT [--options JSON] [--job-id UUID]\n"
-               "                [--wait] [--timeout SEC]\n"
-               "    Enqueue a chat job (ragpool.enqueue_chat) and print its id.\n"
+               "                [--max-attempts N] [--queue postgres|redis] [--wait] [--timeout SEC]\n"
+               "    Enqueue a chat job and print its id.\n"
                "    --user      user id (uuid, or integer in bigint mode)\n"
                "    --message   the question\n"
                "    --options   JSON object: match_count, match_threshold, history_count, model,\n"
                "                max_tokens, temperature\n"
                "    --job-id    idempotency key: a known id is not enqueued again\n"
+               "    --max-attempts  attempts before the job is dead-lettered (default 5)\n"
+               "    --queue     postgres (ragpool.jobs) or redis (the stream RAGPOOL_REDIS_STREAM,\n"
+               "                default ragpool:jobs, at REDIS_URL); default $RAGPOOL_QUEUE, else\n"
+               "                postgres\n"
                "    --wait      wait for the answer and print it (exit 1 if the job failed)\n"
                "    --timeout   seconds to wait (default 60; exit 3 when reached)\n");
 }
@@ -179,6 +192,89 @@ static int wait_for(PGconn *conn, const char *job_id, double timeout_s)
     }
 }
 
+typedef struct enq_result {
+    int done;
+    int err;
+    int existing;
+    char id[64];
+    char msg[512];
+} enq_result_t;
+
+static void enq_cb(void *data, int err, const char *job_id, int existing, const char *message)
+{
+    enq_result_t *r = data;
+    r->done = 1;
+    r->err = err;
+    r->existing = existing;
+    snprintf(r->id, sizeof(r->id), "%s", job_id ? job_id : "");
+    snprintf(r->msg, sizeof(r->msg), "%s", message ? message : rp_strerror(err));
+}
+
+/* Enqueue e into queue with the producer on a loop of our own; fills
+ * id_out.  Returns an exit status (errors printed). */
+static int enqueue_with_producer(const rp_cli_cfg_t *cfg, const char *queue,
+                                 const rp_enqueue_t *e, char *id_out, size_t cap)
+{
+    const char *redis_url = getenv("REDIS_URL");
+    const char *stream = getenv("RAGPOOL_REDIS_STREAM");
+    if (strcmp(queue, "redis") == 0 && (redis_url == NULL || *redis_url == '\0')) {
+        fprintf(stderr, "ragpool enqueue: REDIS_URL is required for --queue redis\n");
+        return RP_CLI_USAGE;
+    }
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) {
+        fprintf(stderr, "ragpool enqueue: cannot create an event loop\n");
+        return RP_CLI_FAIL;
+    }
+    /* The connection's own progress lines are for services, not for a
+     * one-shot command: only warnings and errors (a refused AUTH) show. */
+    rp_log_set_level(RP_LOG_WARN);
+    rp_producer_opts_t o = {.queue = queue,
+                            .database_url = cfg->database_url,
+                            .redis_url = redis_url,
+                            .redis_stream = stream,
+                            .timeout_ms = ENQUEUE_TIMEOUT_MS,
+                            .max_batch = 1};
+    rp_err_t err;
+    int rc = RP_CLI_FAIL;
+    enq_result_t res;
+    memset(&res, 0, sizeof(res));
+    rp_producer_t *p = rp_producer_new(&loop, &o, &err);
+    if (p == NULL) {
+        fprintf(stderr, "ragpool enqueue: %s\n", err.msg);
+        rc = err.code == RP_EINVAL ? RP_CLI_USAGE : RP_CLI_FAIL;
+        goto out;
+    }
+    int prc = rp_producer_start(p);
+    if (prc == 0)
+        prc = rp_producer_enqueue(p, e, enq_cb, &res);
+    if (prc != 0) {
+        fprintf(stderr, "ragpool enqueue: %s\n", rp_strerror(prc));
+    } else {
+        while (!res.done && uv_run(&loop, UV_RUN_ONCE) != 0)
+            ;
+        if (!res.done) {
+            fprintf(stderr, "ragpool enqueue: no answer from the %s queue\n", queue);
+        } else if (res.err != 0) {
+            fprintf(stderr, "ragpool enqueue: %s queue: %s%s\n", queue, res.msg,
+                    res.err == RP_ETIMEDOUT || res.err == RP_EIO
+                        ? " (is it reachable? retry with --job-id to stay idempotent)"
+                        : "");
+        } else {
+            snprintf(id_out, cap, "%s", res.id);
+            if (res.existing)
+                fprintf(stderr, "ragpool: job %s was already enqueued\n", res.id);
+            rc = RP_CLI_OK;
+        }
+    }
+    rp_producer_close(p, NULL, NULL);
+out:
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) != 0)
+        fprintf(stderr, "ragpool enqueue: the event loop did not close cleanly\n");
+    return rc;
+}
+
 int rp_cli_enqueue(const rp_cli_cfg_t *cfg, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -188,9 +284,15 @@ int rp_cli_enqueue(const rp_cli_cfg_t *cfg, int argc, char **argv)
         {"job-id", required_argument, NULL, 'j'},
         {"wait", no_argument, NULL, 'w'},
         {"timeout", required_argument, NULL, 't'},
+        {"queue", required_argument, NULL, 'q'},
+        {"max-attempts", required_argument, NULL, 'a'},
         {NULL, 0, NULL, 0},
     };
     const char *user = NULL, *message = NULL, *options = "{}", *job_id = NULL;
+    const char *queue = getenv("RAGPOOL_QUEUE");
+    if (queue == NULL || *queue == '\0')
+        queue = "postgres";
+    int max_attempts = 0;
     int wait = 0;
     double timeout_s = 60;
     int c;
@@ -211,6 +313,20 @@ int rp_cli_enqueue(const rp_cli_cfg_t *cfg, int argc, char **argv)
         case 'w':
             wait = 1;
             break;
+        case 'q':
+            queue = optarg;
+            break;
+        case 'a': {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || v < 1 || v > 1000) {
+                fprintf(stderr, "ragpool enqueue: --max-attempts must be 1 to 1000, not '%s'\n",
+                        optarg);
+                return RP_CLI_USAGE;
+            }
+            max_attempts = (int)v;
+            break;
+        }
         case 't': {
             char *end = NULL;
             timeout_s = strtod(optarg, &end);
@@ -235,23 +351,31 @@ int rp_cli_enqueue(const rp_cli_cfg_t *cfg, int argc, char **argv)
         return RP_CLI_USAGE;
     }
 
+    if (strcmp(queue, "postgres") != 0 && strcmp(queue, "redis") != 0) {
+        fprintf(stderr,
+                "ragpool enqueue: the queue must be postgres or redis, not '%s' "
+                "(--queue or RAGPOOL_QUEUE)\n",
+                queue);
+        return RP_CLI_USAGE;
+    }
+
+    rp_enqueue_t e = {.job_id = job_id,
+                      .user_id = user,
+                      .message = message,
+                      .options_json = options,
+                      .max_attempts = max_attempts};
+    char id[64];
+    int rc = enqueue_with_producer(cfg, queue, &e, id, sizeof(id));
+    if (rc != RP_CLI_OK)
+        return rc;
+    printf("%s\n", id);
+    fflush(stdout);
+    if (!wait)
+        return RP_CLI_OK;
     PGconn *conn = rp_cli_connect(cfg);
     if (conn == NULL)
         return RP_CLI_FAIL;
-    int rc = RP_CLI_FAIL;
-    const char *params[] = {user, message, options, job_id};
-    PGresult *res = rp_cli_exec(
-        conn, "enqueue", "SELECT ragpool.enqueue_chat($1::text, $2::text, $3::jsonb, $4::uuid)", 4,
-        params);
-    if (res == NULL)
-        goto out;
-    char id[64];
-    snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-    printf("%s\n", id);
-    fflush(stdout);
-    rc = wait ? wait_for(conn, id, timeout_s) : RP_CLI_OK;
-out:
+    rc = wait_for(conn, id, timeout_s);
     PQfinish(conn);
     return rc;
 }

@@ -43,6 +43,8 @@ typedef struct rp_worker_cfg {
     long commit_batch;
     long drain_timeout_ms;
     long db_connections;
+    char *metrics_host;
+    long metrics_port;
     long model_connections;
     char *worker_id;
     char *log_level;

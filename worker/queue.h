@@ -96,6 +96,8 @@ typedef struct rp_queue_vtbl {
     /* Give n claimed jobs back without counting the attempt. */
     int (*release)(rp_queue_t *q, const rp_finish_t *jobs, size_t n, rp_queue_finish_cb cb,
                    void *data);
+    /* Stop claiming (drain): cut a blocking claim short (may be NULL). */
+    void (*stop_claiming)(rp_queue_t *q);
     /* Whether a claim may block server-side (the worker then keeps one in
      * flight at all times instead of waiting for wake-ups). */
     int claims_block;
@@ -113,5 +115,10 @@ struct rp_queue {
  * listen (borrowed; its on_notify/on_connect must call rp_queue_pg_wake). */
 rp_queue_t *rp_queue_pg_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg, rp_pg_t *const *db,
                             size_t ndb, rp_err_t *err);
+
+/* The Redis Streams backend (queue_redis.c): REDIS_URL, RAGPOOL_REDIS_*;
+ * answers and error rows go to Postgres over db (borrowed). */
+rp_queue_t *rp_queue_redis_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg,
+                               rp_pg_t *const *db, size_t ndb, rp_err_t *err);
 
 #endif

@@ -177,6 +177,7 @@ static void commit_done(void *data, int err, const rp_outcome_t *outcomes, size_
     for (size_t i = 0; i < cb->n; i++) {
         rp__job_t *j = cb->jobs[i];
         rp_outcome_t o = i < n ? outcomes[i] : RP_OUTCOME_FAILED;
+        rp__observe_job_end(w, j, o);
         if (o == RP_OUTCOME_DONE) {
             w->n_done++;
             if (rp_log_enabled(RP_LOG_INFO)) {
@@ -370,6 +371,7 @@ static void fail_done(void *data, int err, const rp_outcome_t *outcomes, size_t 
     rp__job_t *j = fc->j;
     rp_worker_t *w = j->w;
     rp_outcome_t o = n > 0 ? outcomes[0] : RP_OUTCOME_FAILED;
+    rp__observe_job_end(w, j, o);
     json_t *f = json_pack("{s:s, s:i, s:s}", "error", fc->error, "attempt", j->attempts, "outcome",
                           rp_outcome_name(o));
     if (o == RP_OUTCOME_RETRY) {
@@ -678,6 +680,8 @@ static void close_all(rp_worker_t *w)
     w->queue->vtbl->close(w->queue, handle_closed, w);
     w->handles_open++;
     rp_http_close(w->http, handle_closed, w);
+    w->handles_open++;
+    rp__observe_close(w, handle_closed, w);
     handle_closed(w);
 }
 
@@ -775,6 +779,8 @@ void rp_worker_stop(rp_worker_t *w)
         return;
     }
     w->draining = 1;
+    if (w->queue->vtbl->stop_claiming != NULL)
+        w->queue->vtbl->stop_claiming(w->queue);
     uv_timer_stop(&w->poll_timer);
     uv_timer_stop(&w->retry_timer);
     rp_log_info("worker.draining", NULL, "%zu jobs in flight, deadline %ld ms", w->inflight,
@@ -874,7 +880,7 @@ rp_worker_t *rp_worker_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg,
     if (strcmp(cfg->queue, "postgres") == 0) {
         w->queue = rp_queue_pg_new(loop, cfg, w->db, w->ndb, err);
     } else {
-        rp_err_set(err, RP_EINVAL, "RAGPOOL_QUEUE=%s is not supported by this build", cfg->queue);
+        w->queue = rp_queue_redis_new(loop, cfg, w->db, w->ndb, err);
     }
     if (w->queue == NULL)
         goto fail;
@@ -911,6 +917,12 @@ fail:
 
 int rp_worker_start(rp_worker_t *w)
 {
+    rp_err_t err;
+    rp_err_clear(&err);
+    if (rp__observe_init(w, &err) != 0) {
+        fatal(w, "worker.start_failed", err.msg);
+        return err.code;
+    }
     uv_check_start(&w->flush_check, flush_check_cb);
     int rc = w->queue->vtbl->start(w->queue);
     if (rc != 0)

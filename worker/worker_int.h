@@ -147,6 +147,8 @@ struct rp_worker {
     uint64_t *wakeups; /* min-heap of loop times (ms) when retries this worker scheduled are due */
     size_t nwakeups, capwakeups;
 
+    struct rp__observe *obs; /* /metrics and /healthz (observe.c) */
+
     /* totals for the stop line */
     uint64_t n_done, n_retried, n_dead, n_lost;
 };
@@ -189,5 +191,12 @@ void rp__job_fail(rp__job_t *j, rp__fail_kind_t kind, int64_t retry_after_ms, co
 /* The query connection with the fewest queries waiting. */
 rp_pg_t *rp__db_pick(rp_worker_t *w);
 double rp__ms_between(uint64_t from_ns, uint64_t to_ns);
+
+/* observe.c: metrics of the pool, served with /healthz on
+ * RAGPOOL_METRICS_PORT when set. */
+typedef struct rp__observe rp__observe_t;
+int rp__observe_init(rp_worker_t *w, rp_err_t *err);
+void rp__observe_job_end(rp_worker_t *w, const rp__job_t *j, rp_outcome_t outcome);
+void rp__observe_close(rp_worker_t *w, void (*cb)(void *data), void *data);
 
 #endif

@@ -1,0 +1,38 @@
+/*
+ * dispatcher.h: ragpool-dispatcher's HTTP front end on one libuv loop:
+ * authenticates Supabase JWTs, validates chat requests, rate-limits per
+ * user, enqueues through common/producer.h and answers 202 once the job is
+ * durable; job status, /healthz and /metrics.  docs/DISPATCHER.md is the
+ * user's description; this is the program's.
+ */
+#ifndef RP_DISPATCHER_H
+#define RP_DISPATCHER_H
+
+#include <uv.h>
+
+#include "dispatcher_config.h"
+#include "err.h"
+
+typedef struct rp_dispatcher rp_dispatcher_t;
+
+/* Create the dispatcher and its connections (not yet started).  cfg is
+ * borrowed and must outlive the dispatcher.  A JWKS file is read here, so a
+ * bad one stops start-up (err names RAGPOOL_JWKS).  Returns owned (ends with
+ * rp_dispatcher_shutdown) or NULL with err filled. */
+rp_dispatcher_t *rp_dispatcher_new(uv_loop_t *loop, const rp_dispatcher_cfg_t *cfg, rp_err_t *err);
+
+/* Connect to the queue and the database (in the background) and listen.
+ * Returns 0 or a negative code with err naming the address; after a failure
+ * call rp_dispatcher_shutdown all the same. */
+int rp_dispatcher_start(rp_dispatcher_t *d, rp_err_t *err);
+
+/* The port listened on. */
+int rp_dispatcher_port(const rp_dispatcher_t *d);
+
+/* Graceful stop: stop accepting, let requests in progress finish (up to
+ * RAGPOOL_DRAIN_TIMEOUT_MS), then close every connection and handle.  done
+ * (may be NULL) runs once d is freed; the loop then has nothing of ours
+ * left.  Calling it again does nothing. */
+void rp_dispatcher_shutdown(rp_dispatcher_t *d, void (*done)(void *data), void *data);
+
+#endif
