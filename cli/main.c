@@ -12,6 +12,8 @@
 
 #include "cfg.h"
 #include "cli.h"
+#include "export_training.h"
+#include "reembed.h"
 
 static const rp_cfg_def_t cli_cfg_defs[] = {
     {"DATABASE_URL", RP_CFG_STR, offsetof(rp_cli_cfg_t, database_url), NULL, 0, -1,
@@ -48,6 +50,10 @@ static const cli_cmd_t cli_cmds[] = {
     {"dead", "list or retry dead-lettered jobs", rp_cli_dead, rp_cli_dead_usage},
     {"load-knowledge", "embed a JSONL file of documents into finance_knowledge",
      rp_cli_load_knowledge, rp_cli_load_knowledge_usage},
+    {"export-training", "export conversations rated 1 as fine-tuning JSONL (a worker job)",
+     rp_cli_export_training, rp_cli_export_training_usage},
+    {"reembed", "re-embed a table's rows in batch, with progress", rp_cli_reembed,
+     rp_cli_reembed_usage},
 };
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "reembed.h"
 
 void rp_cli_status_usage(FILE *f)
 {
@@ -115,7 +116,10 @@ int rp_cli_status(const rp_cli_cfg_t *cfg, int argc, char **argv)
                                 i == 6 ? json_real(strtod(v, NULL))
                                        : json_integer(strtoll(v, NULL, 10)));
         }
+        int batches = o != NULL ? rp_cli_reembed_status(conn, o) : 0;
         rc = print_json(o);
+        if (batches != 0)
+            rc = RP_CLI_FAIL;
     } else {
         printf("queue:   %s queued, %s scheduled (retry later), %s running\n",
                PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
@@ -123,7 +127,7 @@ int rp_cli_status(const rp_cli_cfg_t *cfg, int argc, char **argv)
         printf("dead:    %s dead letters (ragpool dead list)\n", PQgetvalue(res, 0, 3));
         printf("answers: %s done, %s errors in the last minute\n", PQgetvalue(res, 0, 4),
                PQgetvalue(res, 0, 5));
-        rc = RP_CLI_OK;
+        rc = rp_cli_reembed_status(conn, NULL) == 0 ? RP_CLI_OK : RP_CLI_FAIL;
     }
     PQclear(res);
 out:

@@ -45,11 +45,12 @@ typedef enum {
     EP_HEALTH,
     EP_ADMIN,
     EP_OTHER,
+    EP_STORAGE,
     EP_N
 } ep_t;
 
 static const char *const ep_names[EP_N] = {"embeddings", "chat",  "predictions", "models",
-                                           "healthz",    "admin", "other"};
+                                           "healthz",    "admin", "other",       "storage"};
 
 typedef enum { OUT_PLAIN = 0, OUT_SSE, OUT_RAW, OUT_STALL } out_kind_t;
 
@@ -60,7 +61,37 @@ typedef struct reply {
     int retry_after;
     char *body; /* owned (malloc) */
     size_t len;
+    long delay_ms; /* extra delay before sending (a prediction that takes time) */
 } reply_t;
+
+/* A Replicate-style prediction: answered at ready_at (loop ms). */
+typedef struct prediction {
+    struct prediction *next;
+    char id[32];
+    uint64_t created, ready_at;
+    int fail, canceled;
+    char model[256];
+    json_t *version; /* string or NULL */
+    json_t *output;  /* array of pieces */
+} prediction_t;
+
+/* An object uploaded through the Storage API, kept for /_admin/storage. */
+typedef struct stored_object {
+    struct stored_object *next;
+    char *key; /* "<bucket>/<path>" */
+    char *ctype;
+    char *data;
+    size_t len;
+} stored_object_t;
+
+/* A streamed answer written one event at a time (stream_piece_ms). */
+typedef struct pacer {
+    uv_timer_t timer;
+    rp_devmodel_t *m;
+    rp_httpd_req_t *req; /* NULL once ended or aborted */
+    char *body;
+    size_t len, pos;
+} pacer_t;
 
 typedef struct pending {
     uv_timer_t timer;
@@ -83,6 +114,10 @@ struct rp_devmodel {
     long jitter_ms;
     double fault_rate;
     rp_fault_kind_t fault_kind;
+    long stream_piece_ms; /* delay between the events of a streamed answer */
+    long prediction_ms;   /* how long a prediction takes */
+    prediction_t *predictions;
+    stored_object_t *objects;
     int verbose;
     uint64_t rng;
     rp_devmodel_faultmem_t *faults;
@@ -623,7 +658,8 @@ static json_t *usage_json(long prompt, long completion)
                      (json_int_t)completion, "total_tokens", (json_int_t)(prompt + completion));
 }
 
-static void handle_chat(rp_devmodel_t *m, json_t *root, reply_t *r)
+static void handle_chat(rp_devmodel_t *m, json_t *root, const char *body, size_t blen,
+                        reply_t *r)
 {
     chat_req_t cr;
     if (chat_parse(root, &cr, r) < 0)
@@ -664,6 +700,20 @@ static void handle_chat(rp_devmodel_t *m, json_t *root, reply_t *r)
     } else {
         sse_event(&s, s.chunk); /* the role, with empty content */
         json_object_del(s.delta, "role");
+        /* [[fault:stream:truncate]]: the stream stops half way, without its
+         * finish_reason and [DONE], as when a connection is cut. */
+        rp_fault_marker_t mk;
+        if (rp_fault_marker_find(body, blen, "stream", &mk) && mk.kind == RP_FAULT_TRUNCATE &&
+            rp_devmodel_faultmem_hit(m->faults, "stream", body, blen, &mk)) {
+            size_t half = strlen(answer) / 2;
+            while (half > 0 && answer[half] != ' ')
+                half--;
+            answer[half] = '\0';
+            for_each_piece(answer, sse_piece, &s);
+            m->faults_total++;
+            m->faults_by_kind[RP_FAULT_TRUNCATE]++;
+            goto streamed;
+        }
         for_each_piece(answer, sse_piece, &s);
         json_object_del(s.delta, "content");
         json_object_set_new(s.choice, "finish_reason", json_string(finish));
@@ -675,6 +725,7 @@ static void handle_chat(rp_devmodel_t *m, json_t *root, reply_t *r)
         }
         sse_put(&s, "data: [DONE]\n\n", 14);
     }
+streamed:
     json_decref(s.chunk);
     json_decref(s.choice);
     json_decref(s.delta);
@@ -699,7 +750,79 @@ static void piece_to_array(const char *piece, size_t n, void *data)
     json_array_append_new((json_t *)data, json_stringn(piece, n));
 }
 
-static void handle_prediction(rp_devmodel_t *m, json_t *root, const char *path, reply_t *r)
+static void maybe_closed(rp_devmodel_t *m);
+static void reply_method(reply_t *r, const char *allowed);
+
+/* `Prefer: wait=N` (seconds) as ms; 0 when absent. */
+static long prefer_wait_ms(rp_httpd_req_t *req)
+{
+    const char *h = rp_httpd_header(req, "Prefer");
+    const char *w = h != NULL ? strstr(h, "wait") : NULL;
+    if (w == NULL)
+        return 0;
+    w += 4;
+    if (*w != '=')
+        return 60000; /* bare "wait": Replicate's default of 60 s */
+    long s = strtol(w + 1, NULL, 10);
+    return s > 0 && s <= 60 ? s * 1000 : 0;
+}
+
+/* The prediction as Replicate shows it at loop time now. */
+static json_t *prediction_json(const prediction_t *p, uint64_t now)
+{
+    const char *status = "succeeded";
+    if (p->canceled)
+        status = "canceled";
+    else if (now < p->ready_at)
+        status = now - p->created < 50 ? "starting" : "processing";
+    else if (p->fail)
+        status = "failed";
+    int done = strcmp(status, "succeeded") == 0;
+    char ts[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S.000Z", &tm);
+    return json_pack("{s:s,s:s,s:O?,s:s,s:O?,s:s?,s:s,s:{s:f},s:s,s:{s:s,s:s}}", "id", p->id,
+                     "model", p->model, "version", p->version, "status", status, "output",
+                     done ? p->output : NULL, "error",
+                     strcmp(status, "failed") == 0 ? "injected failure (devmodel)" : NULL, "logs",
+                     "", "metrics", "predict_time", (double)(p->ready_at - p->created) / 1000.0,
+                     "created_at", ts, "urls", "get", "", "cancel", "");
+}
+
+static void prediction_free(prediction_t *p)
+{
+    json_decref(p->version);
+    json_decref(p->output);
+    free(p);
+}
+
+static void predictions_free(rp_devmodel_t *m)
+{
+    while (m->predictions != NULL) {
+        prediction_t *p = m->predictions;
+        m->predictions = p->next;
+        prediction_free(p);
+    }
+}
+
+/* A number after `marker` in text (e.g. "[[prediction:ms=" ... "]]"), or -1. */
+static long marker_number(const char *text, size_t len, const char *marker)
+{
+    const char *at = memmem(text, len, marker, strlen(marker));
+    if (at == NULL)
+        return -1;
+    return strtol(at + strlen(marker), NULL, 10);
+}
+
+/* POST predictions.  Markers in the prompt: [[prediction:failed]] makes it
+ * fail, [[prediction:ms=N]] makes it take N ms (default: prediction_ms).
+ * A prediction that takes no longer than the client's `Prefer: wait` is
+ * answered finished after that time; a longer one is answered at once
+ * ("starting") or after the wait ("processing"), and then polled. */
+static void handle_prediction(rp_devmodel_t *m, json_t *root, const char *path, long wait_ms,
+                              reply_t *r)
 {
     json_t *input = json_object_get(root, "input");
     json_t *prompt = json_is_object(input) ? json_object_get(input, "prompt") : NULL;
@@ -707,8 +830,13 @@ static void handle_prediction(rp_devmodel_t *m, json_t *root, const char *path, 
         reply_invalid(r, "input", "input.prompt must be a string");
         return;
     }
-    char *answer = rp_devmodel_answer(json_string_value(prompt), json_string_length(prompt));
-    if (answer == NULL) {
+    const char *ptext = json_string_value(prompt);
+    size_t plen = json_string_length(prompt);
+    char *answer = rp_devmodel_answer(ptext, plen);
+    prediction_t *p = calloc(1, sizeof(*p));
+    if (answer == NULL || p == NULL) {
+        free(answer);
+        free(p);
         reply_error(r, 500, "server_error", NULL, NULL, "Out of memory.");
         return;
     }
@@ -719,31 +847,251 @@ static void handle_prediction(rp_devmodel_t *m, json_t *root, const char *path, 
         rp_devmodel_truncate_words(answer, (int)json_integer_value(mt));
     /* "/v1/models/<owner>/<name>/predictions" names the model; the plain
      * endpoint takes a version instead. */
-    char model[256] = "ragpool/devmodel";
+    snprintf(p->model, sizeof(p->model), "ragpool/devmodel");
     if (strncmp(path, "/v1/models/", 11) == 0) {
         const char *end = strstr(path + 11, "/predictions");
         size_t n = end != NULL ? (size_t)(end - (path + 11)) : 0;
-        if (n > 0 && n < sizeof(model)) {
-            memcpy(model, path + 11, n);
-            model[n] = '\0';
+        if (n > 0 && n < sizeof(p->model)) {
+            memcpy(p->model, path + 11, n);
+            p->model[n] = '\0';
         }
     }
     json_t *version = json_object_get(root, "version");
-    char id[32], ts[32];
-    snprintf(id, sizeof(id), "%016llx", (unsigned long long)rng_next(m));
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S.000Z", &tm);
-    json_t *output = json_array();
-    for_each_piece(answer, piece_to_array, output);
+    p->version = json_is_string(version) ? json_incref(version) : NULL;
+    snprintf(p->id, sizeof(p->id), "%016llx", (unsigned long long)rng_next(m));
+    p->output = json_array();
+    for_each_piece(answer, piece_to_array, p->output);
     free(answer);
-    json_t *out =
-        json_pack("{s:s,s:s,s:O?,s:s,s:o,s:n,s:s,s:{s:f},s:s,s:s,s:s}", "id", id, "model", model,
-                  "version", json_is_string(version) ? version : NULL, "status", "succeeded",
-                  "output", output, "error", "logs", "", "metrics", "predict_time", 0.0,
-                  "created_at", ts, "started_at", ts, "completed_at", ts);
-    reply_json(r, 201, out);
+    long ms = marker_number(ptext, plen, "[[prediction:ms=");
+    if (ms < 0)
+        ms = m->prediction_ms;
+    p->fail = memmem(ptext, plen, "[[prediction:failed]]", 21) != NULL;
+    uint64_t now = uv_now(m->loop);
+    p->created = now;
+    p->ready_at = now + (uint64_t)ms;
+    /* Forget predictions nobody asked about for ten minutes. */
+    for (prediction_t **pp = &m->predictions; *pp != NULL;) {
+        prediction_t *old = *pp;
+        if (old->ready_at + 600000 < now) {
+            *pp = old->next;
+            prediction_free(old);
+        } else {
+            pp = &old->next;
+        }
+    }
+    p->next = m->predictions;
+    m->predictions = p;
+    if (ms == 0) {
+        reply_json(r, 201, prediction_json(p, now));
+    } else if (wait_ms >= ms) {
+        reply_json(r, 201, prediction_json(p, p->ready_at));
+        r->delay_ms = ms;
+    } else {
+        reply_json(r, 201, prediction_json(p, now + (uint64_t)wait_ms));
+        r->delay_ms = wait_ms;
+    }
+}
+
+/* GET /v1/predictions/<id>, POST /v1/predictions/<id>/cancel. */
+static void handle_prediction_get(rp_devmodel_t *m, const char *rest, int get, int post,
+                                  reply_t *r)
+{
+    char id[64];
+    size_t n = strcspn(rest, "/");
+    int cancel = strcmp(rest + n, "/cancel") == 0;
+    if (n == 0 || n >= sizeof(id) || (rest[n] != '\0' && !cancel)) {
+        reply_error(r, 404, "invalid_request_error", NULL, "unknown_url", "Unknown prediction.");
+        return;
+    }
+    if ((cancel && !post) || (!cancel && !get)) {
+        reply_method(r, cancel ? "POST" : "GET");
+        return;
+    }
+    memcpy(id, rest, n);
+    id[n] = '\0';
+    prediction_t *p = m->predictions;
+    while (p != NULL && strcmp(p->id, id) != 0)
+        p = p->next;
+    if (p == NULL) {
+        reply_error(r, 404, "invalid_request_error", NULL, "not_found", "No prediction %s.", id);
+        return;
+    }
+    uint64_t now = uv_now(m->loop);
+    if (cancel && now < p->ready_at)
+        p->canceled = 1;
+    reply_json(r, 200, prediction_json(p, now));
+}
+
+/* ------------------------------------------------------------------ */
+/* Supabase Storage uploads (kept in memory for /_admin/storage)       */
+
+static void objects_free(rp_devmodel_t *m)
+{
+    while (m->objects != NULL) {
+        stored_object_t *o = m->objects;
+        m->objects = o->next;
+        free(o->key);
+        free(o->ctype);
+        free(o->data);
+        free(o);
+    }
+}
+
+static stored_object_t *object_find(rp_devmodel_t *m, const char *key)
+{
+    stored_object_t *o = m->objects;
+    while (o != NULL && strcmp(o->key, key) != 0)
+        o = o->next;
+    return o;
+}
+
+/* POST (create; with `x-upsert: true` also replace) or PUT (replace)
+ * /storage/v1/object/<bucket>/<path>. */
+static void handle_storage_put(rp_devmodel_t *m, rp_httpd_req_t *req, const char *key, int post,
+                               reply_t *r)
+{
+    if (strchr(key, '/') == NULL || key[0] == '/' || strstr(key, "..") != NULL) {
+        reply_json(r, 400,
+                   json_pack("{s:s,s:s,s:s}", "statusCode", "400", "error", "Invalid key",
+                             "message", "The object path must be <bucket>/<path>"));
+        return;
+    }
+    const char *upsert = rp_httpd_header(req, "x-upsert");
+    stored_object_t *o = object_find(m, key);
+    if (o != NULL && post && (upsert == NULL || strcasecmp(upsert, "true") != 0)) {
+        reply_json(r, 409,
+                   json_pack("{s:s,s:s,s:s}", "statusCode", "409", "error", "Duplicate",
+                             "message", "The resource already exists"));
+        return;
+    }
+    size_t len;
+    const char *body = rp_httpd_body(req, &len);
+    const char *ct = rp_httpd_header(req, "Content-Type");
+    char *data = malloc(len + 1);
+    char *ctype = strdup(ct != NULL ? ct : "application/octet-stream");
+    if (o == NULL) {
+        o = calloc(1, sizeof(*o));
+        if (o != NULL) {
+            o->key = strdup(key);
+            if (o->key == NULL) {
+                free(o);
+                o = NULL;
+            } else {
+                o->next = m->objects;
+                m->objects = o;
+            }
+        }
+    }
+    if (o == NULL || data == NULL || ctype == NULL) {
+        free(data);
+        free(ctype);
+        reply_error(r, 500, "server_error", NULL, NULL, "Out of memory.");
+        return;
+    }
+    memcpy(data, body, len);
+    data[len] = '\0';
+    free(o->data);
+    free(o->ctype);
+    o->data = data;
+    o->len = len;
+    o->ctype = ctype;
+    char id[40];
+    snprintf(id, sizeof(id), "%016llx", (unsigned long long)rng_next(m));
+    reply_json(r, 200, json_pack("{s:s,s:s}", "Key", key, "Id", id));
+}
+
+/* GET /_admin/storage/<bucket>/<path>: the bytes as uploaded. */
+static void handle_storage_get(rp_devmodel_t *m, const char *key, reply_t *r)
+{
+    stored_object_t *o = object_find(m, key);
+    if (o == NULL) {
+        reply_error(r, 404, "invalid_request_error", NULL, "not_found", "No object %s.", key);
+        return;
+    }
+    r->kind = OUT_PLAIN;
+    r->status = 200;
+    r->ctype = "application/octet-stream";
+    r->body = malloc(o->len + 1);
+    if (r->body == NULL) {
+        reply_error(r, 500, "server_error", NULL, NULL, "Out of memory.");
+        return;
+    }
+    memcpy(r->body, o->data, o->len);
+    r->len = o->len;
+}
+
+/* ------------------------------------------------------------------ */
+/* Paced streaming: one event per stream_piece_ms                      */
+
+static void pacer_closed(uv_handle_t *h)
+{
+    pacer_t *pc = h->data;
+    rp_devmodel_t *m = pc->m;
+    free(pc->body);
+    free(pc);
+    m->open_timers--;
+    maybe_closed(m);
+}
+
+static void pacer_stop(pacer_t *pc)
+{
+    uv_timer_stop(&pc->timer);
+    uv_close((uv_handle_t *)&pc->timer, pacer_closed);
+}
+
+static void pacer_on_abort(void *data)
+{
+    pacer_t *pc = data;
+    pc->req = NULL;
+    pacer_stop(pc);
+}
+
+/* Write the next event (up to and including its blank line). */
+static void pacer_tick(uv_timer_t *t)
+{
+    pacer_t *pc = t->data;
+    if (pc->req == NULL)
+        return;
+    const char *start = pc->body + pc->pos;
+    const char *end = memmem(start, pc->len - pc->pos, "\n\n", 2);
+    size_t n = end != NULL ? (size_t)(end - start) + 2 : pc->len - pc->pos;
+    rp_httpd_write(pc->req, start, n);
+    pc->pos += n;
+    if (pc->pos >= pc->len) {
+        rp_httpd_req_t *req = pc->req;
+        pc->req = NULL;
+        rp_httpd_on_abort(req, NULL, NULL);
+        rp_httpd_end(req);
+        pacer_stop(pc);
+    }
+}
+
+/* Begin a streamed answer whose events go out one per stream_piece_ms;
+ * takes r's body. */
+static void pace_start(rp_devmodel_t *m, rp_httpd_req_t *req, reply_t *r,
+                       const char *const *headers)
+{
+    pacer_t *pc = calloc(1, sizeof(*pc));
+    if (rp_httpd_begin(req, r->status, headers) != 0) {
+        free(pc);
+        return;
+    }
+    if (pc == NULL) {
+        /* Out of memory: the whole stream at once. */
+        rp_httpd_write(req, r->body, r->len);
+        rp_httpd_end(req);
+        return;
+    }
+    pc->m = m;
+    pc->req = req;
+    pc->body = r->body;
+    pc->len = r->len;
+    r->body = NULL; /* ours now */
+    uv_timer_init(m->loop, &pc->timer);
+    pc->timer.data = pc;
+    m->open_timers++;
+    rp_httpd_on_abort(req, pacer_on_abort, pc);
+    uv_timer_start(&pc->timer, pacer_tick, 0, (uint64_t)m->stream_piece_ms);
 }
 
 /* ------------------------------------------------------------------ */
@@ -751,9 +1099,11 @@ static void handle_prediction(rp_devmodel_t *m, json_t *root, const char *path, 
 
 static json_t *config_json(const rp_devmodel_t *m)
 {
-    return json_pack("{s:I,s:I,s:f,s:s}", "latency_ms", (json_int_t)m->latency_ms,
+    return json_pack("{s:I,s:I,s:f,s:s,s:I,s:I}", "latency_ms", (json_int_t)m->latency_ms,
                      "latency_jitter_ms", (json_int_t)m->jitter_ms, "fault_rate", m->fault_rate,
-                     "fault_kind", rp_fault_name(m->fault_kind));
+                     "fault_kind", rp_fault_name(m->fault_kind), "stream_piece_ms",
+                     (json_int_t)m->stream_piece_ms, "prediction_ms",
+                     (json_int_t)m->prediction_ms);
 }
 
 static void handle_stats(rp_devmodel_t *m, reply_t *r)
@@ -789,7 +1139,19 @@ static void handle_config(rp_devmodel_t *m, json_t *root, reply_t *r)
     json_t *jit = json_object_get(root, "latency_jitter_ms");
     json_t *rate = json_object_get(root, "fault_rate");
     json_t *kind = json_object_get(root, "fault_kind");
+    json_t *piece = json_object_get(root, "stream_piece_ms");
+    json_t *pred = json_object_get(root, "prediction_ms");
     int k = -1;
+    if (piece != NULL && (!json_is_integer(piece) || json_integer_value(piece) < 0 ||
+                          json_integer_value(piece) > 60000)) {
+        reply_invalid(r, "stream_piece_ms", "stream_piece_ms must be an integer from 0 to 60000");
+        return;
+    }
+    if (pred != NULL && (!json_is_integer(pred) || json_integer_value(pred) < 0 ||
+                         json_integer_value(pred) > 3600000)) {
+        reply_invalid(r, "prediction_ms", "prediction_ms must be an integer from 0 to 3600000");
+        return;
+    }
     if (lat != NULL && (!json_is_integer(lat) || json_integer_value(lat) < 0 ||
                         json_integer_value(lat) > 3600000)) {
         reply_invalid(r, "latency_ms", "latency_ms must be an integer from 0 to 3600000");
@@ -829,6 +1191,10 @@ static void handle_config(rp_devmodel_t *m, json_t *root, reply_t *r)
         m->fault_rate = json_number_value(rate);
     if (k >= 0)
         m->fault_kind = (rp_fault_kind_t)k;
+    if (piece != NULL)
+        m->stream_piece_ms = (long)json_integer_value(piece);
+    if (pred != NULL)
+        m->prediction_ms = (long)json_integer_value(pred);
     rp_log_fields(RP_LOG_INFO, "devmodel.config", NULL, config_json(m));
     reply_json(r, 200, config_json(m));
 }
@@ -868,6 +1234,10 @@ static void send_reply(rp_devmodel_t *m, rp_httpd_req_t *req, reply_t *r, ep_t e
         break;
     case OUT_SSE:
         headers[1] = "Cache-Control: no-cache";
+        if (m->stream_piece_ms > 0) {
+            pace_start(m, req, r, headers);
+            break;
+        }
         if (rp_httpd_begin(req, r->status, headers) == 0) {
             rp_httpd_write(req, r->body, r->len);
             rp_httpd_end(req);
@@ -888,6 +1258,8 @@ static void maybe_closed(rp_devmodel_t *m)
     void (*cb)(void *) = m->close_cb;
     void *data = m->close_data;
     rp_devmodel_faultmem_free(m->faults);
+    predictions_free(m);
+    objects_free(m);
     free(m->api_key);
     free(m);
     if (cb != NULL)
@@ -947,6 +1319,7 @@ static void deliver(rp_devmodel_t *m, rp_httpd_req_t *req, reply_t *r, ep_t ep, 
         if (m->jitter_ms > 0)
             delay += (long)(rng_next(m) % (uint64_t)(m->jitter_ms + 1));
     }
+    delay += r->delay_ms;
     if (r->kind != OUT_STALL && delay <= 0) {
         send_reply(m, req, r, ep, start);
         free(r->body);
@@ -1020,9 +1393,11 @@ static ep_t route(const char *path)
         return EP_EMBED;
     if (strcmp(path, "/v1/chat/completions") == 0 || strcmp(path, "/chat/completions") == 0)
         return EP_CHAT;
-    if (strcmp(path, "/v1/predictions") == 0 ||
+    if (strcmp(path, "/v1/predictions") == 0 || strncmp(path, "/v1/predictions/", 16) == 0 ||
         (strncmp(path, "/v1/models/", 11) == 0 && strstr(path + 11, "/predictions") != NULL))
         return EP_PREDICT;
+    if (strncmp(path, "/storage/v1/object/", 19) == 0)
+        return EP_STORAGE;
     if (strcmp(path, "/v1/models") == 0)
         return EP_MODELS;
     if (strcmp(path, "/healthz") == 0)
@@ -1058,9 +1433,9 @@ static void handle_model(rp_devmodel_t *m, rp_httpd_req_t *req, ep_t ep, reply_t
     if (ep == EP_EMBED)
         handle_embeddings(m, root, r);
     else if (ep == EP_CHAT)
-        handle_chat(m, root, r);
+        handle_chat(m, root, body, len, r);
     else
-        handle_prediction(m, root, rp_httpd_path(req), r);
+        handle_prediction(m, root, rp_httpd_path(req), prefer_wait_ms(req), r);
     json_decref(root);
 }
 
@@ -1077,13 +1452,31 @@ static void on_request(void *data, rp_httpd_req_t *req)
     m->requests_total++;
     m->by_ep[ep]++;
     switch (ep) {
+    case EP_PREDICT:
+        if (strncmp(path, "/v1/predictions/", 16) == 0) {
+            if (!authorized(m, req))
+                reply_error(&r, 401, "invalid_request_error", NULL, "invalid_api_key",
+                            "Incorrect API key provided.");
+            else
+                handle_prediction_get(m, path + 16, get, post, &r);
+            break;
+        }
+        /* fall through */
     case EP_EMBED:
     case EP_CHAT:
-    case EP_PREDICT:
         if (!post)
             reply_method(&r, "POST");
         else
             handle_model(m, req, ep, &r);
+        break;
+    case EP_STORAGE:
+        if (!post && strcmp(method, "PUT") != 0)
+            reply_method(&r, "POST or PUT");
+        else if (!authorized(m, req))
+            reply_error(&r, 401, "invalid_request_error", NULL, "invalid_api_key",
+                        "Incorrect API key provided.");
+        else
+            handle_storage_put(m, req, path + 19, post, &r);
         break;
     case EP_MODELS:
         if (!get)
@@ -1104,7 +1497,12 @@ static void on_request(void *data, rp_httpd_req_t *req)
             reply_json(&r, 200, json_pack("{s:s}", "status", "ok"));
         break;
     case EP_ADMIN:
-        if (strcmp(path, "/_admin/stats") == 0) {
+        if (strncmp(path, "/_admin/storage/", 16) == 0) {
+            if (!get)
+                reply_method(&r, "GET");
+            else
+                handle_storage_get(m, path + 16, &r);
+        } else if (strcmp(path, "/_admin/stats") == 0) {
             if (!get)
                 reply_method(&r, "GET");
             else

@@ -3,8 +3,13 @@
  *
  *   FETCHING   embedding of the question and the user's recent swaps, at once
  *   RETRIEVING the match function (pgvector or the real[] fallback)
- *   INFERRING  chat completion
- *   then rp__job_persist with the conversations row (chat_row).
+ *   INFERRING  the provider chain (provider.h): the first provider whose
+ *              circuit is closed answers; when it is out (5xx, timeout, 429
+ *              beyond its budget) the next one takes the job in the same
+ *              attempt; with RAGPOOL_STREAM the answer's text is pushed to
+ *              the user's channel as it arrives (stream.h)
+ *   then rp__job_persist with the conversations row (chat_row), which
+ *   records the provider and model that answered.
  *
  * Questions of jobs that reach FETCHING in the same loop turn share one
  * embeddings request (chat_flush runs at the end of every turn); a request
@@ -12,6 +17,14 @@
  * only the culprit fails.  Every stage callback holds a job reference and
  * first checks that the job is still in that stage (a sibling stage may
  * have failed it, or the drain released it).
+ *
+ * Per worker, the kind keeps a context (chat_ctx_t): the provider chain,
+ * the model registry (registry.h) and the streamer, in w->chat_ctx; it is
+ * made at the first loop turn, and an unreferenced uv_prepare handle closes
+ * it once the pool has closed (w->closing), before the loop can end.  Per job, the
+ * INFERRING stage keeps a chat_ext_t in j->ext (one allocation: the
+ * provider call lives inside it).  A job reaching INFERRING before the
+ * registry's first load waits for it ("takes the active model at start").
  */
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +33,9 @@
 
 #include "buf.h"
 #include "log.h"
+#include "provider.h"
+#include "registry.h"
+#include "stream.h"
 #include "worker_int.h"
 
 /* One embeddings request shared by the jobs that asked in one loop turn. */
@@ -30,8 +46,38 @@ typedef struct embed_batch {
     rp__job_t *jobs[]; /* each holds a reference */
 } embed_batch_t;
 
+/* The kind's state for one worker. */
+typedef struct chat_ctx {
+    rp_worker_t *w;
+    rp_chain_t *chain;
+    rp_registry_t *registry; /* NULL with RAGPOOL_MODEL_REGISTRY=false */
+    rp_stream_t *stream;     /* NULL unless RAGPOOL_STREAM */
+    rp__job_t **parked;      /* waiting for the registry's first load; each holds a ref */
+    size_t nparked, capparked;
+    uv_prepare_t watch; /* closes the context after the pool closed */
+    int failed;         /* could not be made: the worker is stopping */
+    int closing, open;
+} chat_ctx_t;
+
+/* One job's INFERRING stage (j->ext). */
+typedef struct chat_ext {
+    rp_provider_call_t call;
+    int calling;    /* call in flight: holds a job reference */
+    int provider;   /* chain index of the provider asked last (-1: none yet) */
+    unsigned tried; /* providers asked in this attempt */
+    int parked;
+    rp_models_t *models; /* registry snapshot (a reference), or NULL */
+    const char *model;   /* what the provider is asked for */
+    const char *label;   /* conversations.model_version */
+    rp_stream_job_t *sj; /* partial answers, or NULL */
+    char *prompt;
+    size_t prompt_len;
+} chat_ext_t;
+
+
 static void job_advance(rp__job_t *j);
 static void embed_send(rp_worker_t *w, rp__job_t *const *jobs, size_t n);
+static void infer_try(rp__job_t *j);
 
 static void append_json_number_or_null(rp_buf_t *b, long v)
 {
@@ -71,8 +117,18 @@ static void append_result(rp_buf_t *b, const rp__job_t *j)
         }
     }
     rp_buf_puts(b, "],\"model_version\":\"");
-    const char *model = j->p.model != NULL ? j->p.model : cfg->chat_model;
+    const chat_ext_t *x = j->ext;
+    const char *model = x != NULL && x->label != NULL ? x->label
+                        : j->p.model != NULL          ? j->p.model
+                                                      : cfg->chat_model;
     rp_buf_json_escape(b, model, strlen(model));
+    if (x != NULL && x->provider >= 0) {
+        chat_ctx_t *c = j->w->chat_ctx;
+        if (c != NULL && c->chain != NULL) {
+            rp_buf_puts(b, "\",\"provider\":\"");
+            rp_buf_puts(b, rp_provider_name(rp_chain_get(c->chain, (size_t)x->provider)));
+        }
+    }
     rp_buf_puts(b, "\",\"status\":\"done\",\"error\":null,\"prompt_tokens\":");
     append_json_number_or_null(b, j->chat.prompt_tokens);
     rp_buf_puts(b, ",\"completion_tokens\":");
@@ -87,77 +143,307 @@ static void append_result(rp_buf_t *b, const rp__job_t *j)
 }
 
 /* ------------------------------------------------------------------ */
+/* The kind's per-worker context                                        */
+/* ------------------------------------------------------------------ */
+
+static void infer_go(rp__job_t *j);
+
+static chat_ctx_t *ctx_find(const rp_worker_t *w)
+{
+    return w->chat_ctx;
+}
+
+static void ctx_release_parked(chat_ctx_t *c, int resume)
+{
+    rp__job_t **parked = c->parked;
+    size_t n = c->nparked;
+    c->parked = NULL;
+    c->nparked = c->capparked = 0;
+    for (size_t i = 0; i < n; i++) {
+        rp__job_t *j = parked[i];
+        chat_ext_t *x = j->ext;
+        x->parked = 0;
+        if (resume && j->state == RP__JOB_INFERRING)
+            infer_go(j);
+        rp__job_unref(j);
+    }
+    free(parked);
+}
+
+/* The registry published a snapshot: jobs that waited for it go on. */
+static void on_models(void *data)
+{
+    chat_ctx_t *c = data;
+    if (c->nparked > 0)
+        ctx_release_parked(c, 1);
+}
+
+static void ctx_closed_one(void *data)
+{
+    chat_ctx_t *c = data;
+    if (--c->open > 0)
+        return;
+    if (c->w->chat_ctx == c)
+        c->w->chat_ctx = NULL;
+    rp_chain_free(c->chain);
+    free(c);
+}
+
+static void watch_closed(uv_handle_t *h)
+{
+    ctx_closed_one(h->data);
+}
+
+static void ctx_close(chat_ctx_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    ctx_release_parked(c, 0);
+    c->open = 1; /* guard, dropped at the end */
+    c->open++;
+    uv_close((uv_handle_t *)&c->watch, watch_closed);
+    if (c->registry != NULL) {
+        c->open++;
+        rp_registry_close(c->registry, ctx_closed_one, c);
+        c->registry = NULL;
+    }
+    if (c->stream != NULL) {
+        c->open++;
+        rp_stream_close(c->stream, ctx_closed_one, c);
+        c->stream = NULL;
+    }
+    ctx_closed_one(c);
+}
+
+/* Before every poll: once the pool has closed its own handles, close ours,
+ * so the loop can end. */
+static void watch_cb(uv_prepare_t *h)
+{
+    chat_ctx_t *c = h->data;
+    if (c->w->closing)
+        ctx_close(c);
+}
+
+static void ctx_fatal(rp_worker_t *w, const char *msg)
+{
+    rp_log_error("worker.start_failed", NULL, "%s", msg);
+    fprintf(stderr, "ragpool-worker: %s\n", msg);
+    w->exit_code = 1;
+    rp_worker_stop(w);
+    rp_worker_stop(w);
+}
+
+/* The worker's context, made at the first call. */
+static chat_ctx_t *ctx_get(rp_worker_t *w)
+{
+    chat_ctx_t *c = ctx_find(w);
+    if (c != NULL)
+        return c->failed || c->closing ? NULL : c;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->w = w;
+    w->chat_ctx = c;
+    uv_prepare_init(w->loop, &c->watch);
+    c->watch.data = c;
+    uv_prepare_start(&c->watch, watch_cb);
+    uv_unref((uv_handle_t *)&c->watch);
+    const rp_worker_cfg_t *cfg = w->cfg;
+    rp_err_t err;
+    rp_err_clear(&err);
+    c->chain = rp_chain_new(w->loop, w->http, cfg, &err);
+    if (c->chain == NULL)
+        goto fail;
+    if (cfg->model_registry) {
+        c->registry = rp_registry_new(w->loop, cfg->listen_database_url, on_models, c, &err);
+        if (c->registry == NULL)
+            goto fail;
+        rp_registry_start(c->registry);
+    }
+    if (cfg->stream) {
+        c->stream = rp_stream_new(w->loop, cfg->database_url, cfg->stream_interval_ms, &err);
+        if (c->stream == NULL)
+            goto fail;
+        rp_stream_start(c->stream);
+    }
+    json_t *names = json_array();
+    for (size_t i = 0; i < rp_chain_size(c->chain); i++)
+        json_array_append_new(names, json_string(rp_provider_name(rp_chain_get(c->chain, i))));
+    rp_log_fields(RP_LOG_INFO, "chat.providers", NULL,
+                  json_pack("{s:o,s:b,s:b,s:I}", "providers", names, "registry",
+                            c->registry != NULL, "stream", c->stream != NULL, "stream_interval_ms",
+                            (json_int_t)cfg->stream_interval_ms));
+    return c;
+fail:
+    c->failed = 1;
+    ctx_fatal(w, err.msg);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* Stage: INFERRING                                                     */
 /* ------------------------------------------------------------------ */
 
-static void chat_done(void *data, const rp_http_resp_t *resp)
+static void on_delta(void *data, const char *text, size_t len)
 {
     rp__job_t *j = data;
-    j->chat_req = NULL;
+    chat_ext_t *x = j->ext;
+    if (j->state == RP__JOB_INFERRING && x->sj != NULL)
+        rp_stream_job_text(x->sj, text, len);
+}
+
+static void infer_done(void *data, rp_provider_result_t *res)
+{
+    rp__job_t *j = data;
+    chat_ext_t *x = j->ext;
+    chat_ctx_t *c = ctx_find(j->w);
+    x->calling = 0;
     j->t_infer_end = uv_hrtime();
-    if (j->state != RP__JOB_INFERRING)
+    if (j->state != RP__JOB_INFERRING || c == NULL)
         goto out;
-    if (resp->error != 0) {
-        rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "chat request failed: %s: %s",
-                     rp_strerror(resp->error), resp->error_msg);
-        goto out;
-    }
-    if (resp->status != 200) {
-        char desc[300];
-        rp_openai_describe_error(resp->status, resp->body, resp->body_len, desc, sizeof(desc));
-        rp__job_fail(
-            j, rp_openai_status_retryable(resp->status) ? RP__FAIL_TRANSIENT : RP__FAIL_PERMANENT,
-            resp->retry_after_ms, "chat completion: %s", desc);
-        goto out;
-    }
-    rp_err_t err;
-    if (rp_openai_chat_parse(resp->body, resp->body_len, &j->chat, &err) != 0) {
-        /* A broken body is usually a proxy or a truncated transfer: retry. */
-        rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "chat completion: %s", err.msg);
+    rp_provider_t *p = rp_chain_get(c->chain, (size_t)x->provider);
+    const char *name = rp_provider_name(p);
+    uint64_t now = uv_now(j->w->loop);
+    int out_for_job = rp_chain_report(c->chain, x->provider, res->status, res->retry_after_ms, now);
+    if (res->status == RP_PROVIDER_OK) {
+        j->chat = res->chat;
+        memset(&res->chat, 0, sizeof(res->chat));
+        if (x->sj != NULL) {
+            if (!rp_provider_streams(p))
+                rp_stream_job_text(x->sj, j->chat.content, strlen(j->chat.content));
+            rp_stream_job_finish(x->sj);
+            x->sj = NULL;
+        }
+        job_advance(j);
         goto out;
     }
-    job_advance(j);
+    if (res->status == RP_PROVIDER_REQUEST) {
+        rp__job_fail(j, RP__FAIL_PERMANENT, -1, "%s: %s", name, res->error);
+        goto out;
+    }
+    if (!out_for_job) {
+        /* A 429 within the budget: wait for this provider. */
+        rp__job_fail(j, RP__FAIL_TRANSIENT, res->retry_after_ms, "%s: %s", name, res->error);
+        goto out;
+    }
+    int next = rp_chain_pick(c->chain, x->tried, now);
+    if (next < 0 || (x->sj != NULL && rp_stream_job_pushed(x->sj) > 0)) {
+        /* Nobody left, or subscribers already hold part of this answer: a
+         * new attempt (with its own stream) starts over. */
+        rp__job_fail(j, RP__FAIL_TRANSIENT, res->retry_after_ms, "%s: %s", name, res->error);
+        goto out;
+    }
+    if (rp_log_enabled(RP_LOG_WARN))
+        rp_log_fields(RP_LOG_WARN, "provider.fallback", j->id,
+                      json_pack("{s:s,s:s,s:s}", "from", name, "to",
+                                rp_provider_name(rp_chain_get(c->chain, (size_t)next)), "error",
+                                res->error));
+    infer_try(j);
 out:
     rp__job_unref(j);
+}
+
+/* Ask the next provider of the chain. */
+static void infer_try(rp__job_t *j)
+{
+    rp_worker_t *w = j->w;
+    chat_ext_t *x = j->ext;
+    chat_ctx_t *c = ctx_find(w);
+    for (;;) {
+        int idx = c != NULL ? rp_chain_pick(c->chain, x->tried, uv_now(w->loop)) : -1;
+        if (idx < 0) {
+            rp__job_fail(j, RP__FAIL_TRANSIENT, -1,
+                         "no chat provider could take the request (see RAGPOOL_CHAT_PROVIDERS)");
+            return;
+        }
+        x->provider = idx;
+        x->tried |= 1u << idx;
+        rp_provider_t *p = rp_chain_get(c->chain, (size_t)idx);
+        const char *name = rp_provider_name(p);
+        int replicate = !rp_provider_streams(p);
+        const rp_model_t *m = rp_models_find(x->models, name);
+        if (j->p.model != NULL) {
+            x->model = x->label = j->p.model;
+        } else if (m != NULL) {
+            /* Replicate runs a version id (or a model's own endpoint);
+             * OpenAI-compatible servers take the model name. */
+            x->model = replicate && m->version[0] != '\0' ? m->version : m->model_name;
+            x->label = m->version[0] != '\0' ? m->version : m->model_name;
+        } else {
+            x->model = x->label = rp_provider_default_model(p);
+        }
+        rp_provider_req_t req = {
+            .prompt = x->prompt,
+            .prompt_len = x->prompt_len,
+            .model = x->model,
+            .max_tokens = j->p.max_tokens > 0 ? j->p.max_tokens : w->cfg->chat_max_tokens,
+            .temperature = j->p.temperature,
+            .on_delta = x->sj != NULL ? on_delta : NULL,
+        };
+        rp__job_ref(j);
+        x->calling = 1;
+        int rc = rp_provider_call(p, &x->call, &req, infer_done, j);
+        if (rc == 0)
+            return;
+        x->calling = 0;
+        rp__job_unref(j);
+        rp_log_warn("provider.skipped", j->id, "%s cannot take the request: %s", name,
+                    rc == RP_EINVAL ? "no model configured" : rp_strerror(rc));
+    }
+}
+
+/* The registry is ready (or not used): take its snapshot and start. */
+static void infer_go(rp__job_t *j)
+{
+    chat_ext_t *x = j->ext;
+    chat_ctx_t *c = ctx_find(j->w);
+    if (c != NULL && c->registry != NULL && x->models == NULL)
+        x->models = rp_registry_acquire(c->registry);
+    if (c != NULL && c->stream != NULL && x->sj == NULL)
+        x->sj = rp_stream_job_new(c->stream, j->id, j->attempts, j->p.user_id);
+    j->t_infer = uv_hrtime();
+    infer_try(j);
 }
 
 static void job_infer(rp__job_t *j)
 {
     rp_worker_t *w = j->w;
     rp__job_set_state(j, RP__JOB_INFERRING);
-    const char **ctx = (const char **)j->ctx_text;
-    size_t plen = 0;
-    char *prompt =
-        rp_prompt_render(w->tmpl, j->p.message, ctx, j->nctx, j->swaps, j->nswaps, &plen);
-    long max_tokens = j->p.max_tokens > 0 ? j->p.max_tokens : w->cfg->chat_max_tokens;
-    size_t blen = 0;
-    char *body = prompt == NULL
-                     ? NULL
-                     : rp_openai_chat_request(j->p.model != NULL ? j->p.model : w->cfg->chat_model,
-                                              prompt, plen, max_tokens, j->p.temperature, &blen);
-    free(prompt);
-    if (body == NULL) {
-        rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "out of memory building the chat request");
+    chat_ctx_t *c = ctx_get(w);
+    chat_ext_t *x = calloc(1, sizeof(*x));
+    if (c == NULL || x == NULL) {
+        free(x);
+        rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "%s",
+                     c == NULL ? "the chat providers are not available" : "out of memory");
         return;
     }
-    rp_http_request_t req = {
-        .method = "POST",
-        .url = w->chat_url,
-        .headers = w->http_headers,
-        .body = body,
-        .body_len = blen,
-        .timeout_ms = w->cfg->model_timeout_ms,
-    };
-    j->t_infer = uv_hrtime();
-    rp__job_ref(j);
-    int rc = rp_http_send(w->http, &req, chat_done, j, &j->chat_req);
-    free(body);
-    if (rc != 0) {
-        j->chat_req = NULL;
-        rp__job_unref(j);
-        rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "cannot send the chat request: %s",
-                     rp_strerror(rc));
+    x->provider = -1;
+    j->ext = x;
+    const char **ctx = (const char **)j->ctx_text;
+    x->prompt =
+        rp_prompt_render(w->tmpl, j->p.message, ctx, j->nctx, j->swaps, j->nswaps, &x->prompt_len);
+    if (x->prompt == NULL) {
+        rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "out of memory building the prompt");
+        return;
     }
+    if (c->registry != NULL && !rp_registry_ready(c->registry)) {
+        if (c->nparked == c->capparked) {
+            size_t cap = c->capparked ? c->capparked * 2 : 64;
+            rp__job_t **p = realloc(c->parked, cap * sizeof(*p));
+            if (p == NULL) {
+                rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "out of memory");
+                return;
+            }
+            c->parked = p;
+            c->capparked = cap;
+        }
+        rp__job_ref(j);
+        x->parked = 1;
+        c->parked[c->nparked++] = j;
+        return;
+    }
+    infer_go(j);
 }
 
 /* ------------------------------------------------------------------ */
@@ -484,6 +770,22 @@ static char *chat_row(const rp__job_t *j)
     return rp_buf_take(&b, NULL);
 }
 
+static void ext_free(rp__job_t *j)
+{
+    chat_ext_t *x = j->ext;
+    if (x == NULL)
+        return;
+    if (x->calling) {
+        rp_provider_cancel(&x->call);
+        x->calling = 0;
+    }
+    rp_stream_job_end(x->sj);
+    rp_models_unref(x->models);
+    free(x->prompt);
+    free(x);
+    j->ext = NULL;
+}
+
 static void chat_cleanup(rp__job_t *j)
 {
     rp_chat_payload_free(&j->p);
@@ -496,15 +798,33 @@ static void chat_cleanup(rp__job_t *j)
     free(j->ctx_ids);
     free(j->ctx_text);
     rp_chat_result_free(&j->chat);
+    ext_free(j);
 }
 
+/* The job failed or is being released: stop its model call and push the
+ * text its stream still holds. */
 static void chat_abandon(rp__job_t *j)
 {
-    if (j->chat_req != NULL) {
-        rp_http_cancel(j->chat_req);
-        j->chat_req = NULL;
-        rp__job_unref(j);
+    chat_ext_t *x = j->ext;
+    if (x == NULL)
+        return;
+    if (x->calling) {
+        rp_provider_cancel(&x->call);
+        x->calling = 0;
+        rp__job_unref(j); /* the call's reference; the caller still holds one */
     }
+    rp_stream_job_end(x->sj);
+    x->sj = NULL;
+}
+
+/* End of every loop turn: the embeddings request of this turn, and the
+ * partial answers gathered in it. */
+static void chat_flush(rp_worker_t *w)
+{
+    chat_ctx_t *c = ctx_get(w);
+    embed_flush(w);
+    if (c != NULL && c->stream != NULL)
+        rp_stream_flush(c->stream);
 }
 
 const rp__kind_t rp__kind_chat = {
@@ -513,5 +833,5 @@ const rp__kind_t rp__kind_chat = {
     .row = chat_row,
     .cleanup = chat_cleanup,
     .abandon = chat_abandon,
-    .flush = embed_flush,
+    .flush = chat_flush,
 };

@@ -99,6 +99,67 @@ const rp_cfg_def_t rp_worker_cfg_defs[] = {
      "Name recorded on claimed jobs; defaults to host:pid."},
     {"RAGPOOL_LOG_LEVEL", RP_CFG_STR, F(log_level), "info", NORANGE, 0,
      "debug, info, warn or error."},
+    /* providers, registry, streaming, training exports */
+    {"RAGPOOL_CHAT_PROVIDERS", RP_CFG_STR, F(chat_providers), "openai", NORANGE, 0,
+     "Chat providers in fallback order, comma-separated: openai (OPENAI_BASE_URL's chat "
+     "completions), replicate (Replicate predictions)."},
+    {"REPLICATE_BASE_URL", RP_CFG_STR, F(replicate_base_url), "https://api.replicate.com/v1",
+     NORANGE, 0, "Base URL of the Replicate API (POST <url>/predictions)."},
+    {"REPLICATE_API_TOKEN", RP_CFG_STR, F(replicate_api_token), NULL, NORANGE, RP_CFG_SECRET,
+     "Replicate API token, sent as 'Authorization: Bearer <token>'."},
+    {"RAGPOOL_REPLICATE_VERSION", RP_CFG_STR, F(replicate_version), NULL, NORANGE, 0,
+     "Replicate model version id (or owner/name) used when the model registry names none."},
+    {"RAGPOOL_REPLICATE_WAIT_S", RP_CFG_INT, F(replicate_wait_s), "5", 0, 60, 0,
+     "Seconds sent as 'Prefer: wait=N' when creating a prediction; 0 sends none (always poll)."},
+    {"RAGPOOL_REPLICATE_POLL_MS", RP_CFG_INT, F(replicate_poll_ms), "500", 10, 60000, 0,
+     "Interval between polls of a prediction that has not finished."},
+    {"RAGPOOL_PROVIDER_FAILURES", RP_CFG_INT, F(provider_failures), "3", 1, 1000, 0,
+     "Consecutive failures (5xx, timeouts, transport errors) after which a provider is out "
+     "(its circuit opens) and the next provider in the chain takes its jobs."},
+    {"RAGPOOL_PROVIDER_COOLDOWN_MS", RP_CFG_INT, F(provider_cooldown_ms), "30000", 10, 3600000, 0,
+     "How long an open circuit stays open before one trial request is let through."},
+    {"RAGPOOL_PROVIDER_429_BUDGET_MS", RP_CFG_INT, F(provider_429_budget_ms), "10000", 0,
+     86400000, 0,
+     "A 429 asking to wait at most this long is waited out (the job retries on the same "
+     "provider); a longer one puts the provider out and the next one takes the job."},
+    {"RAGPOOL_MODEL_REGISTRY", RP_CFG_BOOL, F(model_registry), "true", NORANGE, 0,
+     "Take the active chat model from public.model_metadata and follow its changes (NOTIFY "
+     "ragpool_models) without a restart."},
+    {"RAGPOOL_STREAM", RP_CFG_BOOL, F(stream), "false", NORANGE, 0,
+     "Stream chat completions (SSE) and push partial answers to the user's Realtime channel "
+     "(or ragpool.stream_chunks)."},
+    {"RAGPOOL_STREAM_INTERVAL_MS", RP_CFG_INT, F(stream_interval_ms), "100", 0, 60000, 0,
+     "Partial text of one answer is pushed at most this often (0: every piece as it arrives)."},
+    {"RAGPOOL_EXPORT_DIR", RP_CFG_STR, F(export_dir), NULL, NORANGE, 0,
+     "Directory where training-data exports are written as JSONL files; unset writes none."},
+    {"RAGPOOL_EXPORT_PAGE", RP_CFG_INT, F(export_page), "500", 1, 100000, 0,
+     "Conversations read per query by a training-data export."},
+    {"SUPABASE_URL", RP_CFG_STR, F(supabase_url), NULL, NORANGE, 0,
+     "Supabase project URL; exports with a bucket are uploaded to <url>/storage/v1/object/."},
+    {"SUPABASE_SERVICE_ROLE_KEY", RP_CFG_STR, F(supabase_service_key), NULL, NORANGE,
+     RP_CFG_SECRET, "Key for Supabase Storage uploads (sent as Bearer token and apikey)."},
+    /* batch re-embedding and provider budgets (worker/reembed.c, worker/model_budget.c) */
+    {"RAGPOOL_REEMBED_CHUNKS", RP_CFG_INT, F(reembed_chunks), "4", 1, 1024, 0,
+     "Re-embedding chunks this process works on at once (more claimed chunks wait their turn, "
+     "their leases kept alive)."},
+    {"RAGPOOL_REEMBED_INFLIGHT", RP_CFG_INT, F(reembed_inflight), "8", 1, 4096, 0,
+     "Most re-embedding requests in flight in this process."},
+    {"RAGPOOL_REEMBED_BATCH_INPUTS", RP_CFG_INT, F(reembed_batch_inputs), "256", 1, 2048, 0,
+     "Most texts in one re-embedding request (OpenAI allows 2048)."},
+    {"RAGPOOL_REEMBED_BATCH_TOKENS", RP_CFG_INT, F(reembed_batch_tokens), "100000", 1, 10000000,
+     0,
+     "Most tokens in one re-embedding request, counted approximately (one per 3 bytes; OpenAI "
+     "allows 300000)."},
+    {"RAGPOOL_REEMBED_REQUEST_ATTEMPTS", RP_CFG_INT, F(reembed_request_attempts), "10", 1, 1000,
+     0,
+     "Tries of one re-embedding request (429, 5xx, transport errors) before its chunk fails and "
+     "is retried through the queue."},
+    {"RAGPOOL_MODEL_RPM", RP_CFG_INT, F(model_rpm), "0", 0, 100000000, 0,
+     "Requests per minute this process sends to the model provider; 0 = no limit."},
+    {"RAGPOOL_MODEL_TPM", RP_CFG_INT, F(model_tpm), "0", 0, 1000000000, 0,
+     "Tokens per minute this process sends to the model provider; 0 = no limit."},
+    {"RAGPOOL_MODEL_RESERVE_PCT", RP_CFG_INT, F(model_reserve_pct), "20", 0, 100, 0,
+     "Share of the RPM/TPM budgets that background work (re-embedding) leaves to chat."},
 };
 const size_t rp_worker_cfg_ndefs = sizeof(rp_worker_cfg_defs) / sizeof(rp_worker_cfg_defs[0]);
 

@@ -48,6 +48,32 @@ typedef struct rp_worker_cfg {
     long model_connections;
     char *worker_id;
     char *log_level;
+    /* providers, registry, streaming, training exports (issue 6) */
+    char *chat_providers;
+    char *replicate_base_url;
+    char *replicate_api_token;
+    char *replicate_version;
+    long replicate_wait_s;
+    long replicate_poll_ms;
+    long provider_failures;
+    long provider_cooldown_ms;
+    long provider_429_budget_ms;
+    int model_registry;
+    int stream;
+    long stream_interval_ms;
+    char *export_dir;
+    long export_page;
+    char *supabase_url;
+    char *supabase_service_key;
+    /* batch re-embedding and provider budgets (issue 5) */
+    long reembed_chunks;
+    long reembed_inflight;
+    long reembed_batch_inputs;
+    long reembed_batch_tokens;
+    long reembed_request_attempts;
+    long model_rpm;
+    long model_tpm;
+    long model_reserve_pct;
 } rp_worker_cfg_t;
 
 extern const rp_cfg_def_t rp_worker_cfg_defs[];

@@ -25,7 +25,7 @@ typedef struct pg_queue {
     rp_pg_t *const *db; /* borrowed */
     size_t ndb;
     rp_pg_t *listen; /* owned */
-    char kinds[64];
+    char kinds[256];
     void (*close_cb)(void *data);
     void *close_data;
 } pg_queue_t;
@@ -411,7 +411,7 @@ rp_queue_t *rp_queue_pg_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg, rp_pg_t
     q->cfg = cfg;
     q->db = db;
     q->ndb = ndb;
-    snprintf(q->kinds, sizeof(q->kinds), "{chat,noop}");
+    snprintf(q->kinds, sizeof(q->kinds), "{chat,noop,reembed_plan,embed_chunk,export_training}");
     rp_pg_opts_t lopts = {
         .connect_timeout_ms = 10000,
         .reconnect_min_ms = 100,

@@ -43,6 +43,8 @@
 #include "prompt.h"
 #include "queue.h"
 #include "vec.h"
+#include "reembed.h"
+#include "export.h"
 #include "worker_int.h"
 
 static void maybe_claim(rp_worker_t *w);
@@ -66,7 +68,8 @@ static void noop_start(rp__job_t *j)
 
 static const rp__kind_t kind_noop = {.name = "noop", .start = noop_start};
 
-static const rp__kind_t *const kinds[] = {&rp__kind_chat, &kind_noop};
+static const rp__kind_t *const kinds[] = {&rp__kind_chat, &kind_noop, &rp__kind_reembed_plan,
+                                          &rp__kind_embed_chunk, &rp__kind_export};
 
 double rp__ms_between(uint64_t from_ns, uint64_t to_ns)
 {

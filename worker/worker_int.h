@@ -85,7 +85,7 @@ struct job {
 
     rp__job_t *commit_next;     /* in w->commit_queue */
     const struct rp__kind *ops; /* the job kind's operations */
-    void *ext;                  /* kind data of kinds other than chat (owned by the kind) */
+    void *ext;                  /* the kind's own data for this job (owned by the kind) */
 };
 
 /* One group commit in flight. */
@@ -148,6 +148,11 @@ struct rp_worker {
     size_t nwakeups, capwakeups;
 
     struct rp__observe *obs; /* /metrics and /healthz (observe.c) */
+    /* Per-worker state of job kinds, owned by their files (NULL until
+     * first used): chat.c's providers/registry/stream, reembed.c's queue
+     * of requests and provider budget. */
+    struct chat_ctx *chat_ctx;
+    struct rs *reembed_ctx;
 
     /* totals for the stop line */
     uint64_t n_done, n_retried, n_dead, n_lost;
