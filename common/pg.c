@@ -1151,6 +1151,15 @@ size_t rp_pg_pending(const rp_pg_t *pg)
     return pg->npending;
 }
 
+rp_pg_t *rp_pg_pick(rp_pg_t *const *conns, size_t n)
+{
+    rp_pg_t *best = conns[0];
+    for (size_t i = 1; i < n; i++)
+        if (rp_pg_pending(conns[i]) < rp_pg_pending(best))
+            best = conns[i];
+    return best;
+}
+
 int rp_pg_query(rp_pg_t *pg, const char *sql, int nparams, const char *const *params,
                 long timeout_ms, rp_pg_cb cb, void *data)
 {

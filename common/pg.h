@@ -61,6 +61,10 @@ int rp_pg_is_up(const rp_pg_t *pg);
 /* Number of queries submitted and not yet completed. */
 size_t rp_pg_pending(const rp_pg_t *pg);
 
+/* Of n connections (n >= 1), the one with the fewest queries waiting: how a
+ * program spreads its queries over a few pipelined connections. */
+rp_pg_t *rp_pg_pick(rp_pg_t *const *conns, size_t n);
+
 /* Submit sql with nparams text parameters (params[i] may be NULL for SQL
  * NULL; copied).  timeout_ms 0 uses opts.query_timeout_ms. */
 int rp_pg_query(rp_pg_t *pg, const char *sql, int nparams, const char *const *params,

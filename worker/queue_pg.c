@@ -44,11 +44,7 @@ typedef struct op {
 
 static rp_pg_t *db_pick(pg_queue_t *q)
 {
-    rp_pg_t *best = q->db[0];
-    for (size_t i = 1; i < q->ndb; i++)
-        if (rp_pg_pending(q->db[i]) < rp_pg_pending(best))
-            best = q->db[i];
-    return best;
+    return rp_pg_pick(q->db, q->ndb);
 }
 
 static void on_listen_event(void *data)

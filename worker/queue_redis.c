@@ -108,11 +108,7 @@ static uint64_t now_ms(void)
 
 static rp_pg_t *db_pick(redis_queue_t *q)
 {
-    rp_pg_t *best = q->db[0];
-    for (size_t i = 1; i < q->ndb; i++)
-        if (rp_pg_pending(q->db[i]) < rp_pg_pending(best))
-            best = q->db[i];
-    return best;
+    return rp_pg_pick(q->db, q->ndb);
 }
 
 /* Send a command given as NUL-terminated strings. */

@@ -152,11 +152,7 @@ int rp__job_active(const rp__job_t *j)
 /* The query connection with the fewest queries waiting. */
 rp_pg_t *rp__db_pick(rp_worker_t *w)
 {
-    rp_pg_t *best = w->db[0];
-    for (size_t i = 1; i < w->ndb; i++)
-        if (rp_pg_pending(w->db[i]) < rp_pg_pending(best))
-            best = w->db[i];
-    return best;
+    return rp_pg_pick(w->db, w->ndb);
 }
 
 /* ------------------------------------------------------------------ */
