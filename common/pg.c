@@ -70,6 +70,7 @@ static const char *const pg_state_names[] = {"idle",    "connecting", "up",
 
 typedef enum {
     Q_WAITING = 0, /* on pg->waiting */
+    Q_PREPARING,   /* in flight, collecting the result of its statement's Parse */
     Q_RESULTS,     /* in flight, collecting the result(s) */
     Q_SYNC,        /* in flight, result delivered, expecting PIPELINE_SYNC */
 } pg_qphase_t;
@@ -85,6 +86,9 @@ struct pg_query {
     pg_qphase_t phase;
     int internal; /* SET/LISTEN sent by this module */
     int nparams;
+    const char *stmt;    /* prepared statement name (owned), NULL for none */
+    int preparing;       /* a Parse for stmt was sent with this query */
+    int reprepared;      /* already sent again after "no such statement" */
     const char *sql;     /* into storage */
     const char **params; /* into storage */
     char storage[];      /* params array, then sql, then values */
@@ -127,6 +131,11 @@ struct rp_pg {
 
     char **listens; /* channels to LISTEN to, in the order given */
     size_t nlistens;
+
+    /* Statements prepared on the current session (names; reset on every
+     * reconnect).  A handful per program: a linear search is fine. */
+    char **prepared;
+    size_t nprepared, capprepared;
 
     rp_backoff_t backoff;
     int attempt; /* failed attempts since the last success */
@@ -265,10 +274,13 @@ static void pg_set_why(rp_pg_t *pg, const char *msg)
     pg->why[w] = '\0';
 }
 
+static void pg_forget_prepared(rp_pg_t *pg);
+
 static void pg_free_query(pg_query_t *q)
 {
     if (q->res)
         PQclear(q->res);
+    free((char *)q->stmt);
     free(q);
 }
 
@@ -331,8 +343,49 @@ static int sqlstate_is_disconnect(const char *s)
 /* Deliver the collected result of the FIFO head; it then waits for its
  * PIPELINE_SYNC.  The PGresult is detached first so that a callback that
  * closes the connection cannot free it under us. */
+static int pg_submit(rp_pg_t *pg, const char *stmt, const char *sql, int nparams,
+                     const char *const *params, long timeout_ms, rp_pg_cb cb, void *data);
+
+/* A prepared query sent while its statement's Parse (on the same session)
+ * was still in flight meets "prepared statement does not exist" (26000)
+ * when that Parse failed: send it once more with its own Parse, so its
+ * caller gets the real error (or an answer) instead.  Returns 1 when q was
+ * handed over to a new query. */
+static int pg_reprepare(rp_pg_t *pg, pg_query_t *q, PGresult *r)
+{
+    if (q->stmt == NULL || q->reprepared || q->cb == NULL || r == NULL)
+        return 0;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state == NULL || strcmp(state, "26000") != 0)
+        return 0;
+    long left = 0;
+    if (q->deadline != 0) {
+        uint64_t now = uv_now(pg->loop);
+        if (q->deadline <= now)
+            return 0;
+        left = (long)(q->deadline - now);
+    }
+    rp_pg_cb cb = q->cb;
+    void *data = q->data;
+    if (pg_submit(pg, q->stmt, q->sql, q->nparams, q->params, left, cb, data) != 0)
+        return 0;
+    pg->waiting.tail->reprepared = 1;
+    /* The old query becomes an orphan: its sync is still to come. */
+    q->cb = NULL;
+    if (!q->internal)
+        pg->npending--;
+    return 1;
+}
+
 static void pg_answer(rp_pg_t *pg, pg_query_t *q)
 {
+    if (pg_reprepare(pg, q, q->res)) {
+        PQclear(q->res);
+        q->res = NULL;
+        q->phase = Q_SYNC;
+        dl_remove(pg, q);
+        return;
+    }
     PGresult *r = q->res;
     q->res = NULL;
     q->phase = Q_SYNC;
@@ -390,6 +443,8 @@ static void pg_maybe_free(rp_pg_t *pg)
     for (size_t i = 0; i < pg->nlistens; i++)
         free(pg->listens[i]);
     free(pg->listens);
+    pg_forget_prepared(pg);
+    free(pg->prepared);
     free(pg->conninfo);
     free(pg->app_name);
     free(pg->timeout_setting);
@@ -537,13 +592,68 @@ static void pg_lost(rp_pg_t *pg, const char *why)
 
 /* Send one query followed by its own sync point.  Returns 0 or -1 when
  * libpq refused (the connection is broken). */
+static int pg_is_prepared(const rp_pg_t *pg, const char *name)
+{
+    for (size_t i = 0; i < pg->nprepared; i++)
+        if (strcmp(pg->prepared[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static void pg_set_prepared(rp_pg_t *pg, const char *name, int on)
+{
+    for (size_t i = 0; i < pg->nprepared; i++) {
+        if (strcmp(pg->prepared[i], name) == 0) {
+            if (!on) {
+                free(pg->prepared[i]);
+                pg->prepared[i] = pg->prepared[--pg->nprepared];
+            }
+            return;
+        }
+    }
+    if (!on)
+        return;
+    if (pg->nprepared == pg->capprepared) {
+        size_t cap = pg->capprepared ? pg->capprepared * 2 : 8;
+        char **p = realloc(pg->prepared, cap * sizeof(char *));
+        if (p == NULL)
+            return; /* prepared again next time: harmless */
+        pg->prepared = p;
+        pg->capprepared = cap;
+    }
+    char *copy = strdup(name);
+    if (copy != NULL)
+        pg->prepared[pg->nprepared++] = copy;
+}
+
+static void pg_forget_prepared(rp_pg_t *pg)
+{
+    for (size_t i = 0; i < pg->nprepared; i++)
+        free(pg->prepared[i]);
+    pg->nprepared = 0;
+}
+
 static int pg_send_one(rp_pg_t *pg, pg_query_t *q)
 {
-    if (!PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0))
+    q->preparing = 0;
+    if (q->stmt != NULL) {
+        /* Parse once per session, in the same pipeline as the first use:
+         * the statement's plan is then cached by the server. */
+        if (!pg_is_prepared(pg, q->stmt)) {
+            if (!PQsendPrepare(pg->conn, q->stmt, q->sql, q->nparams, NULL))
+                return -1;
+            q->preparing = 1;
+            pg_set_prepared(pg, q->stmt, 1);
+        }
+        if (!PQsendQueryPrepared(pg->conn, q->stmt, q->nparams, q->params, NULL, NULL, 0))
+            return -1;
+    } else if (!PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, q->params, NULL, NULL,
+                                  0)) {
         return -1;
+    }
     if (!PQpipelineSync(pg->conn))
         return -1;
-    q->phase = Q_RESULTS;
+    q->phase = q->preparing ? Q_PREPARING : Q_RESULTS;
     list_push(&pg->inflight, q);
     return 0;
 }
@@ -609,6 +719,25 @@ static void pg_read_results(rp_pg_t *pg)
             return;
         PGresult *r = PQgetResult(pg->conn);
         pg_query_t *q = pg->inflight.head;
+        if (q->phase == Q_PREPARING) {
+            /* The Parse's own result, then NULL; then the query's. */
+            if (r == NULL) {
+                q->phase = Q_RESULTS;
+                continue;
+            }
+            if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+                /* Keep the error for the caller (the query after it is
+                 * aborted), and prepare again next time. */
+                pg_set_prepared(pg, q->stmt, 0);
+                if (q->res)
+                    PQclear(q->res);
+                q->res = r;
+                q->preparing = 2;
+                continue;
+            }
+            PQclear(r);
+            continue;
+        }
         if (q->phase == Q_RESULTS) {
             if (r == NULL) {
                 pg_answer(pg, q);
@@ -620,6 +749,10 @@ static void pg_read_results(rp_pg_t *pg)
                 PQclear(r);
                 pg_lost(pg, "pipeline out of step with its queries");
                 return;
+            }
+            if (q->preparing == 2) {
+                PQclear(r); /* aborted after a failed Parse: report the Parse's error */
+                continue;
             }
             if (q->res)
                 PQclear(q->res); /* keep the last result of the statement */
@@ -725,6 +858,7 @@ static int pg_send_internal(rp_pg_t *pg, pg_query_t *q)
 static void pg_connected(rp_pg_t *pg)
 {
     uv_timer_stop(&pg->timer);
+    pg_forget_prepared(pg); /* a new session knows none */
     if (PQsetnonblocking(pg->conn, 1) != 0 || !PQenterPipelineMode(pg->conn)) {
         pg_lost(pg, PQerrorMessage(pg->conn));
         return;
@@ -1160,17 +1294,24 @@ rp_pg_t *rp_pg_pick(rp_pg_t *const *conns, size_t n)
     return best;
 }
 
-int rp_pg_query(rp_pg_t *pg, const char *sql, int nparams, const char *const *params,
-                long timeout_ms, rp_pg_cb cb, void *data)
+static int pg_submit(rp_pg_t *pg, const char *stmt, const char *sql, int nparams,
+                     const char *const *params, long timeout_ms, rp_pg_cb cb, void *data)
 {
     if (pg->state >= PG_CLOSING)
         return RP_ECLOSED;
     if (sql == NULL || cb == NULL || nparams < 0 || nparams > 65535 ||
-        (nparams > 0 && params == NULL))
+        (nparams > 0 && params == NULL) || (stmt != NULL && (stmt[0] == '\0' || strlen(stmt) > 63)))
         return RP_EINVAL;
     pg_query_t *q = pg_query_make(sql, nparams, params);
     if (q == NULL)
         return RP_ENOMEM;
+    if (stmt != NULL) {
+        q->stmt = strdup(stmt);
+        if (q->stmt == NULL) {
+            pg_free_query(q);
+            return RP_ENOMEM;
+        }
+    }
     q->cb = cb;
     q->data = data;
     q->phase = Q_WAITING;
@@ -1184,6 +1325,18 @@ int rp_pg_query(rp_pg_t *pg, const char *sql, int nparams, const char *const *pa
     }
     pg_kick(pg);
     return 0;
+}
+
+int rp_pg_query(rp_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                long timeout_ms, rp_pg_cb cb, void *data)
+{
+    return pg_submit(pg, NULL, sql, nparams, params, timeout_ms, cb, data);
+}
+
+int rp_pg_query_prepared(rp_pg_t *pg, const char *name, const char *sql, int nparams,
+                         const char *const *params, long timeout_ms, rp_pg_cb cb, void *data)
+{
+    return pg_submit(pg, name, sql, nparams, params, timeout_ms, cb, data);
 }
 
 int rp_pg_listen(rp_pg_t *pg, const char *channel)

@@ -70,6 +70,14 @@ rp_pg_t *rp_pg_pick(rp_pg_t *const *conns, size_t n);
 int rp_pg_query(rp_pg_t *pg, const char *sql, int nparams, const char *const *params,
                 long timeout_ms, rp_pg_cb cb, void *data);
 
+/* Like rp_pg_query, as the named prepared statement name (1..63 bytes,
+ * unique per program for this sql): the first use on a session sends the
+ * Parse in the same pipeline, later uses only Bind/Execute, so the server
+ * keeps the plan.  Sessions forget their statements on reconnect; they are
+ * prepared again on first use. */
+int rp_pg_query_prepared(rp_pg_t *pg, const char *name, const char *sql, int nparams,
+                         const char *const *params, long timeout_ms, rp_pg_cb cb, void *data);
+
 /* LISTEN to channel now and after every reconnect.  Returns RP_EINVAL for an
  * empty channel or one longer than 63 bytes (the server would truncate it). */
 int rp_pg_listen(rp_pg_t *pg, const char *channel);

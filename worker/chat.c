@@ -505,6 +505,9 @@ static void job_retrieve(rp__job_t *j)
              w->cfg->match_function);
     const char *params[3] = {vec, thr, cnt};
     rp__job_ref(j);
+    /* Not prepared: the server's generic plan of an inlined match function
+     * cannot fold the query vector, and ran 1.5-3x slower than planning
+     * each call (measured with the real[] fallback). */
     int rc = rp_pg_query(rp__db_pick(w), sql, 3, params, 0, retrieve_done, j);
     free(vec);
     if (rc != 0) {
@@ -708,10 +711,10 @@ static void job_fetch(rp__job_t *j)
         snprintf(n, sizeof(n), "%ld", history);
         const char *params[2] = {j->p.user_id, n};
         rp__job_ref(j);
-        int rc = rp_pg_query(rp__db_pick(w),
-                             "SELECT from_token, to_token, amount FROM ragpool.recent_swaps($1, "
-                             "$2::int)",
-                             2, params, 0, history_done, j);
+        int rc = rp_pg_query_prepared(rp__db_pick(w), "rp_recent_swaps",
+                                      "SELECT from_token, to_token, amount FROM "
+                                      "ragpool.recent_swaps($1, $2::int)",
+                                      2, params, 0, history_done, j);
         if (rc != 0) {
             rp__job_unref(j);
             rp__job_fail(j, RP__FAIL_TRANSIENT, -1, "cannot send the history query: %s",

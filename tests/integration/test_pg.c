@@ -217,6 +217,89 @@ static void test_thousand_in_flight(void **state)
     ctx_finish(&c);
 }
 
+/* --- prepared statements -------------------------------------------- */
+
+static void q_prepared_error(void *data, const rp_pg_res_t *res)
+{
+    ctx_t *c = data;
+    assert_int_equal(rp_pg_res_error(res), RP_EDB);
+    assert_string_equal(rp_pg_res_sqlstate(res), "42P01"); /* undefined table */
+    c->errors++;
+}
+
+static void q_first_value(void *data, const rp_pg_res_t *res)
+{
+    ctx_t *c = data;
+    assert_int_equal(rp_pg_res_error(res), 0);
+    c->backend_pid = atol(rp_pg_res_value(res, 0, 0));
+    stop_loop(c);
+}
+
+static void test_prepared(void **state)
+{
+    (void)state;
+    ctx_t c;
+    ctx_init(&c, NULL, NULL);
+    /* 1,000 uses of one statement in flight at once: the first carries the
+     * Parse, all answer in order. */
+    c.step = 1000;
+    for (int i = 0; i < 1000; i++) {
+        char buf[16];
+        snprintf(buf, sizeof(buf), "%d", i);
+        const char *p[] = {buf};
+        assert_int_equal(rp_pg_query_prepared(c.pg, "t_int", "select $1::int", 1, p, 10000,
+                                              q_ordered, &c),
+                         0);
+    }
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    assert_int_equal(c.answered, 1000);
+    /* The server holds one statement of that name on this session. */
+    blocking_exec("select 1", 0, NULL);
+    assert_int_equal(rp_pg_query(c.pg, "select count(*) from pg_prepared_statements where "
+                                       "name = 't_int'",
+                                 0, NULL, 0, q_first_value, &c),
+                     0);
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    assert_int_equal(c.backend_pid, 1);
+    /* A statement that cannot be prepared reports the server's error, the
+     * next query is unaffected, and a later use tries again. */
+    assert_int_equal(
+        rp_pg_query_prepared(c.pg, "t_bad", "select * from no_such_table_xyz", 0, NULL, 0,
+                             q_prepared_error, &c),
+        0);
+    assert_int_equal(
+        rp_pg_query_prepared(c.pg, "t_bad", "select * from no_such_table_xyz", 0, NULL, 0,
+                             q_prepared_error, &c),
+        0);
+    c.step = 1001;
+    c.expect_next = 1000;
+    const char *p[] = {"1000"};
+    assert_int_equal(
+        rp_pg_query_prepared(c.pg, "t_int", "select $1::int", 1, p, 0, q_ordered, &c), 0);
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    while (c.errors < 2) /* the second is sent again, after the first's error */
+        uv_run(&c.loop, UV_RUN_ONCE);
+    assert_int_equal(c.errors, 2);
+    /* After the server ends the session, the statement is prepared again. */
+    assert_int_equal(rp_pg_query(c.pg, "select pg_backend_pid()", 0, NULL, 0, q_first_value, &c), 0);
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    char pid[32];
+    snprintf(pid, sizeof(pid), "%ld", c.backend_pid);
+    const char *kp[] = {pid};
+    blocking_exec("select pg_terminate_backend($1::int)", 1, kp);
+    int connects = c.connects;
+    while (c.connects == connects)
+        uv_run(&c.loop, UV_RUN_ONCE);
+    c.step = 1002;
+    c.expect_next = 1001;
+    const char *p2[] = {"1001"};
+    assert_int_equal(
+        rp_pg_query_prepared(c.pg, "t_int", "select $1::int", 1, p2, 0, q_ordered, &c), 0);
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    assert_int_equal(c.answered, 1002);
+    ctx_finish(&c);
+}
+
 /* --- throughput: keep 1,000 in flight ------------------------------ */
 
 typedef struct bench {
@@ -645,6 +728,7 @@ int main(void)
         cmocka_unit_test(test_listen_notify),       cmocka_unit_test(test_server_kills_connection),
         cmocka_unit_test(test_bad_conninfo),        cmocka_unit_test(test_nothing_listening),
         cmocka_unit_test(test_close_from_callback), cmocka_unit_test(test_throughput),
+        cmocka_unit_test(test_prepared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
