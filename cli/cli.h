@@ -28,6 +28,9 @@ typedef struct rp_cli_cfg {
     char *openai_api_key;
     char *embed_model;
     long embed_dimensions;
+    char *queue;        /* RAGPOOL_QUEUE: enqueue's default queue */
+    char *redis_url;    /* REDIS_URL */
+    char *redis_stream; /* RAGPOOL_REDIS_STREAM */
 } rp_cli_cfg_t;
 
 /* Connect to cfg->database_url (blocking), with client notices off.

@@ -215,8 +215,8 @@ static void enq_cb(void *data, int err, const char *job_id, int existing, const 
 static int enqueue_with_producer(const rp_cli_cfg_t *cfg, const char *queue,
                                  const rp_enqueue_t *e, char *id_out, size_t cap)
 {
-    const char *redis_url = getenv("REDIS_URL");
-    const char *stream = getenv("RAGPOOL_REDIS_STREAM");
+    const char *redis_url = cfg->redis_url;
+    const char *stream = cfg->redis_stream;
     if (strcmp(queue, "redis") == 0 && (redis_url == NULL || *redis_url == '\0')) {
         fprintf(stderr, "ragpool enqueue: REDIS_URL is required for --queue redis\n");
         return RP_CLI_USAGE;
@@ -289,9 +289,7 @@ int rp_cli_enqueue(const rp_cli_cfg_t *cfg, int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *user = NULL, *message = NULL, *options = "{}", *job_id = NULL;
-    const char *queue = getenv("RAGPOOL_QUEUE");
-    if (queue == NULL || *queue == '\0')
-        queue = "postgres";
+    const char *queue = cfg->queue != NULL && cfg->queue[0] != '\0' ? cfg->queue : "postgres";
     int max_attempts = 0;
     int wait = 0;
     double timeout_s = 60;

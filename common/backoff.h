@@ -13,7 +13,7 @@ typedef struct rp_backoff {
 } rp_backoff_t;
 
 /* Delay before attempt number `attempt` (1-based: the delay after the first
- * failure is for attempt 2) with "full jitter": a value drawn uniformly from
+ * failure is for attempt 2) with "equal jitter": a value drawn uniformly from
  * [d/2, d] where d = min(max_ms, base_ms * 2^(attempt-2)).  rnd is any
  * uniformly distributed 32-bit value. */
 uint64_t rp_backoff_delay_ms(const rp_backoff_t *b, int attempt, uint32_t rnd);

@@ -68,7 +68,7 @@ char *rp_chat_payload_encode_msgpack(const rp_chat_payload_t *p, size_t *len);
  * {"id", "kind", "payload", "max_attempts", "attempt", "enqueued_at_ms"}. */
 typedef struct rp_job_envelope {
     char id[RP_JOB_ID_LEN + 1]; /* the job id (idempotency key), lower-case uuid */
-    char kind[16];              /* "chat" (the only kind so far) */
+    char kind[16];              /* "chat", or "noop" (no payload: the queue benchmarks) */
     rp_chat_payload_t payload;  /* owned */
     int max_attempts;           /* 1..RP_JOB_MAX_ATTEMPTS_MAX; default 5 when absent */
     int attempt;                /* attempts already made, 0..RP_JOB_MAX_ATTEMPTS_MAX; 0 when absent */

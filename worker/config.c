@@ -20,7 +20,9 @@
 const rp_cfg_def_t rp_worker_cfg_defs[] = {
     {"RAGPOOL_QUEUE", RP_CFG_STR, F(queue), "postgres", NORANGE, 0,
      "Where jobs are queued: postgres (table + LISTEN/NOTIFY) or redis (a stream with a consumer "
-     "group); answers and dead letters go to Postgres either way."},
+     "group); answers and error rows go to Postgres either way, dead letters to "
+     "ragpool.dead_jobs or <stream>:dead.  Re-embedding and export jobs are queued in "
+     "Postgres only."},
     {"REDIS_URL", RP_CFG_STR, F(redis_url), NULL, NORANGE, RP_CFG_SECRET,
      "redis://[:password@]host[:port][/db]; required when RAGPOOL_QUEUE=redis."},
     {"RAGPOOL_REDIS_STREAM", RP_CFG_STR, F(redis_stream), "ragpool:jobs", NORANGE, 0,
@@ -155,11 +157,12 @@ const rp_cfg_def_t rp_worker_cfg_defs[] = {
      "Tries of one re-embedding request (429, 5xx, transport errors) before its chunk fails and "
      "is retried through the queue."},
     {"RAGPOOL_MODEL_RPM", RP_CFG_INT, F(model_rpm), "0", 0, 100000000, 0,
-     "Requests per minute this process sends to the model provider; 0 = no limit."},
+     "Re-embedding requests per minute this process sends to the model provider (chat is not "
+     "paced; it has priority); 0 = no limit."},
     {"RAGPOOL_MODEL_TPM", RP_CFG_INT, F(model_tpm), "0", 0, 1000000000, 0,
-     "Tokens per minute this process sends to the model provider; 0 = no limit."},
+     "Re-embedding tokens per minute this process sends to the model provider; 0 = no limit."},
     {"RAGPOOL_MODEL_RESERVE_PCT", RP_CFG_INT, F(model_reserve_pct), "20", 0, 100, 0,
-     "Share of the RPM/TPM budgets that background work (re-embedding) leaves to chat."},
+     "Share of the provider's RPM/TPM that re-embedding leaves unused, for chat traffic."},
 };
 const size_t rp_worker_cfg_ndefs = sizeof(rp_worker_cfg_defs) / sizeof(rp_worker_cfg_defs[0]);
 

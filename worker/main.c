@@ -27,7 +27,8 @@ typedef struct app {
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: ragpool-worker [--help] [--version]\n\n"
-               "Claims chat jobs from the ragpool queue in Postgres, answers each with\n"
+               "Claims jobs from the ragpool queue (Postgres or Redis Streams), answers\n"
+               "chat jobs with\n"
                "embedding -> retrieval -> chat completion, and inserts the answer into\n"
                "conversations.  Configured entirely by the environment.\n\n");
     rp_cfg_usage(f, rp_worker_cfg_defs, rp_worker_cfg_ndefs);

@@ -1,12 +1,12 @@
 /*
  * worker.h: one worker process's job pool on one libuv loop.
  *
- * The pool claims chat jobs from the Postgres queue (woken by LISTEN, with a
- * slow poll as a safety net), keeps up to RAGPOOL_MAX_INFLIGHT of them in
- * flight, and drives each through embed + history -> retrieve -> infer ->
- * persist.  Finished jobs are committed in groups (one transaction inserts
- * many conversations rows and completes their jobs).  Failures are retried
- * through the queue with backoff, and dead-lettered after the last attempt.
+ * The pool claims jobs from the queue (Postgres with LISTEN and a slow poll,
+ * or a Redis stream: worker/queue.h), keeps up to RAGPOOL_MAX_INFLIGHT of
+ * them in flight, and hands each to its kind (worker/worker_int.h): chat
+ * jobs go through embed + history -> retrieve -> infer -> persist.
+ * Finished jobs are committed in groups.  Failures are retried through the
+ * queue with backoff, and dead-lettered after the last attempt.
  *
  * Lifecycle: rp_worker_new, rp_worker_start, then uv_run.  rp_worker_stop
  * begins a graceful drain (stop claiming, let jobs in flight finish within

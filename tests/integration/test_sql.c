@@ -621,6 +621,18 @@ static void test_rls(void **state)
     free(id);
     sqlstate_of(u, "SELECT * FROM ragpool.claim_jobs('x', 1, 1000)", 0, NULL, st);
     assert_string_equal(st, "42501");
+    sqlstate_of(u, "SELECT * FROM ragpool.record_results('[]')", 0, NULL, st);
+    assert_string_equal(st, "42501");
+    /* The knowledge base is readable, not writable; the model registry and
+     * the training data are neither (0011). */
+    sqlstate_of(u, "SELECT count(*) FROM public.finance_knowledge", 0, NULL, st);
+    assert_string_equal(st, "");
+    sqlstate_of(u, "INSERT INTO public.finance_knowledge (content) VALUES ('spam')", 0, NULL, st);
+    assert_string_equal(st, "42501");
+    sqlstate_of(u, "SELECT count(*) FROM public.model_metadata", 0, NULL, st);
+    assert_string_equal(st, "42501");
+    sqlstate_of(u, "SELECT count(*) FROM public.training_data", 0, NULL, st);
+    assert_string_equal(st, "42501");
     /* The older per-claim setting works too. */
     PQclear(q(u,
               "SELECT set_config('request.jwt.claims', '', false), "
