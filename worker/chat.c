@@ -762,6 +762,14 @@ static void chat_start(rp__job_t *j)
         rp__job_fail(j, RP__FAIL_INVALID, -1, "invalid_payload: unsupported payload encoding");
     else if (rp_chat_payload_decode_json(j->payload, j->payload_len, &j->p, &err) != 0)
         rp__job_fail(j, RP__FAIL_INVALID, -1, "invalid_payload: %s", err.msg);
+    else if ((strchr(j->p.user_id, '-') != NULL && strlen(j->p.user_id) == 36) ==
+             j->w->user_ids_bigint)
+        /* A queue that does not check ids against the schema (Redis) can
+         * carry an id the conversations table cannot hold: refuse it now,
+         * rather than answer a question no row can record. */
+        rp__job_fail(j, RP__FAIL_INVALID, -1,
+                     "invalid_payload: user_id: this database uses %s user ids",
+                     j->w->user_ids_bigint ? "integer" : "uuid");
     else
         job_advance(j);
 }

@@ -14,7 +14,12 @@
  *           puts due entries back into the stream, so a retry survives a
  *           worker crash.
  *   dead:   the error row in Postgres first, then one script: XADD
- *           <stream>:dead (job, reason, error), XACK, XDEL.
+ *           <stream>:dead (job, reason, error, failed_at_ms, attempts),
+ *           XACK, XDEL.  Entries dead-lettered at claim time (malformed,
+ *           or delivered more than max_attempts times) get the error row
+ *           too whenever the job id and the payload's user id can be read;
+ *           if that row cannot be written (Postgres down) the entry stays
+ *           pending and comes back after the lease.
  *   release (drain): one script re-adds the entry with the attempt
  *           un-counted, XACK, XDEL.
  *
@@ -23,7 +28,10 @@
  * under a dead consumer are taken back with XAUTOCLAIM (checked every half
  * lease); their delivery count, from XPENDING, counts the attempts a crash
  * consumed, so a payload that kills workers is dead-lettered after
- * max_attempts.  The payload travels as msgpack and is handed to the pool as
+ * max_attempts.  While no Postgres connection is up nothing is claimed:
+ * answers could not be recorded, and claiming would only spend attempts
+ * (entries a blocked read returns meanwhile are given back unchanged).
+ * The payload travels as msgpack and is handed to the pool as
  * JSON, the form every job kind reads.  The lease token given to the pool is
  * "<entry id>/<enqueued_at_ms>".
  */
@@ -65,10 +73,11 @@ static const char RETRY_LUA[] = OWNED_LUA
     "redis.call('XDEL', KEYS[1], ARGV[3])\n"
     "return 1\n";
 
-/* KEYS: stream, dead; ARGV: group, consumer, id, envelope, reason, error, failed_at_ms */
+/* KEYS: stream, dead; ARGV: group, consumer, id, envelope, reason, error, failed_at_ms,
+ * attempts */
 static const char DEAD_LUA[] = OWNED_LUA
     "redis.call('XADD', KEYS[2], '*', 'job', ARGV[4], 'reason', ARGV[5], 'error', ARGV[6], "
-    "'failed_at_ms', ARGV[7])\n"
+    "'failed_at_ms', ARGV[7], 'attempts', ARGV[8])\n"
     "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
     "redis.call('XDEL', KEYS[1], ARGV[3])\n"
     "return 1\n";
@@ -109,6 +118,15 @@ static uint64_t now_ms(void)
 static rp_pg_t *db_pick(redis_queue_t *q)
 {
     return rp_pg_pick(q->db, q->ndb);
+}
+
+/* Whether any Postgres connection is up (answers can be recorded). */
+static int db_any_up(redis_queue_t *q)
+{
+    for (size_t i = 0; i < q->ndb; i++)
+        if (rp_pg_is_up(q->db[i]))
+            return 1;
+    return 0;
 }
 
 /* Send a command given as NUL-terminated strings. */
@@ -260,8 +278,9 @@ static char *keep(claim_op_t *co, char *s)
     return s;
 }
 
-static void dead_letter_now(redis_queue_t *q, const char *entry_id, const char *job,
-                            size_t job_len, const char *reason, const char *error);
+static void dead_letter_now(redis_queue_t *q, const char *entry_id, const char *job_id,
+                            const char *job, size_t job_len, int attempts, int64_t enqueued_at_ms,
+                            const char *reason, const char *error);
 
 /* Turn one stream entry (id + its "job" field) into a claimed job, or
  * dead-letter it at once when it cannot be run.  Returns 1 when added. */
@@ -273,13 +292,15 @@ static int take_entry(claim_op_t *co, const char *entry_id, const char *job, siz
     rp_err_t err;
     char reason_msg[300];
     if (job == NULL) {
-        dead_letter_now(q, entry_id, "", 0, "invalid_payload",
+        dead_letter_now(q, entry_id, "", "", 0, deliveries, 0, "invalid_payload",
                         "invalid_payload: the entry has no 'job' field");
         return 0;
     }
     if (rp_job_envelope_decode_msgpack(job, job_len, &env, &err) != 0) {
         snprintf(reason_msg, sizeof(reason_msg), "invalid_payload: %s", err.msg);
-        dead_letter_now(q, entry_id, job, job_len, "invalid_payload", reason_msg);
+        /* env.id is the job id when that much was valid ("" otherwise). */
+        dead_letter_now(q, entry_id, env.id, job, job_len, env.attempt + deliveries,
+                        env.enqueued_at_ms, "invalid_payload", reason_msg);
         rp_job_envelope_free(&env);
         return 0;
     }
@@ -311,7 +332,7 @@ static int take_entry(claim_op_t *co, const char *entry_id, const char *job, siz
                  "lease expired on attempt %d of %d: the job was taken back from a worker "
                  "that stopped answering",
                  attempt - 1, max_attempts);
-        dead_letter_now(q, entry_id, job, job_len, "lease_expired", msg);
+        dead_letter_now(q, entry_id, id, job, job_len, attempt - 1, enq, "lease_expired", msg);
         return 0;
     }
     rp_claimed_t *c = &co->jobs[co->answered++];
@@ -360,6 +381,30 @@ static claim_op_t *claim_op_new(redis_queue_t *q, size_t n, rp_queue_claim_cb cb
     return co;
 }
 
+static void given_back(void *data, int err, const rp_redis_reply_t *rep)
+{
+    (void)data;
+    if (err != 0 || rp_redis_reply_type(rep) == RP_REDIS_ERROR)
+        rp_log_warn("queue.redis_give_back_failed", NULL,
+                    "an entry could not be returned: it comes back after the lease");
+}
+
+/* Return a just-delivered entry to the stream as it was (RELEASE_LUA with
+ * its own bytes); without a job field it stays pending (dead-lettered when
+ * it comes back). */
+static void give_back_entry(redis_queue_t *q, const char *entry_id, const char *job, size_t len)
+{
+    if (job == NULL)
+        return;
+    const char *argv[] = {"EVAL",          RELEASE_LUA,       "1",      q->cfg->redis_stream,
+                          q->cfg->redis_group, q->cfg->worker_id, entry_id, job};
+    size_t lens[8];
+    for (int k = 0; k < 7; k++)
+        lens[k] = strlen(argv[k]);
+    lens[7] = len;
+    rp_redis_command(q->cmd, 8, argv, lens, 0, given_back, NULL);
+}
+
 static void read_done(void *data, int err, const rp_redis_reply_t *rep)
 {
     claim_op_t *co = data;
@@ -381,11 +426,20 @@ static void read_done(void *data, int err, const rp_redis_reply_t *rep)
     const rp_redis_reply_t *streams = rep;
     const rp_redis_reply_t *entries = rp_redis_reply_at(rp_redis_reply_at(streams, 0), 1);
     size_t n = rp_redis_reply_len(entries);
+    /* Postgres went down while the read was blocked: hand the entries
+     * straight back (a first delivery: the bytes re-added unchanged carry
+     * the same attempt), rather than spend their attempts. */
+    int give_back = !db_any_up(co->q);
+    if (give_back && n > 0)
+        rp_log_warn("queue.redis_given_back", NULL,
+                    "Postgres is unreachable: %zu entries returned to the stream", n);
     for (size_t i = 0; i < n; i++) {
         const char *id;
         size_t len;
         const char *job = entry_job(rp_redis_reply_at(entries, i), &len, &id);
-        if (id != NULL)
+        if (id != NULL && give_back)
+            give_back_entry(co->q, id, job, len);
+        else if (id != NULL)
             take_entry(co, id, job, len, 1);
     }
     co->cb(co->data, 0, co->jobs, co->answered);
@@ -484,6 +538,10 @@ static int redis_claim(rp_queue_t *base, size_t n, rp_queue_claim_cb cb, void *d
     redis_queue_t *q = (redis_queue_t *)base;
     if (!q->group_ready)
         return RP_EIO; /* the wake after XGROUP CREATE claims again */
+    /* Postgres down: nothing could be recorded (rows, error rows), so a
+     * claim would only spend attempts; the reconnect's wake claims again. */
+    if (!db_any_up(q))
+        return RP_EIO;
     claim_op_t *co = claim_op_new(q, n, cb, data);
     if (co == NULL)
         return RP_ENOMEM;
@@ -529,6 +587,7 @@ typedef struct fin_op {
     size_t envelope_len;
     char reason[32];
     char *error;
+    int attempts;
 } fin_op_t;
 
 static void fin_free(fin_op_t *op)
@@ -669,8 +728,9 @@ static void script_done(void *data, int err, const rp_redis_reply_t *rep)
 static int run_dead_script(fin_op_t *op, const char *entry)
 {
     redis_queue_t *q = op->q;
-    char failed_at[32];
+    char failed_at[32], attempts[16];
     snprintf(failed_at, sizeof(failed_at), "%" PRIu64, now_ms());
+    snprintf(attempts, sizeof(attempts), "%d", op->attempts);
     const char *argv[] = {"EVAL",
                           DEAD_LUA,
                           "2",
@@ -682,13 +742,14 @@ static int run_dead_script(fin_op_t *op, const char *entry)
                           op->envelope != NULL ? op->envelope : "",
                           op->reason,
                           op->error != NULL ? op->error : "",
-                          failed_at};
-    size_t lens[12];
-    for (int i = 0; i < 12; i++)
+                          failed_at,
+                          attempts};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
         lens[i] = strlen(argv[i]);
     lens[8] = op->envelope != NULL ? op->envelope_len : 0;
     op->outcomes[0] = RP_OUTCOME_DEAD;
-    return rp_redis_command(q->cmd, 12, argv, lens, 0, script_done, op);
+    return rp_redis_command(q->cmd, 13, argv, lens, 0, script_done, op);
 }
 
 static void error_row_done(void *data, const rp_pg_res_t *res)
@@ -807,6 +868,7 @@ static int redis_finish(rp_queue_t *base, const rp_finish_t *jobs, size_t n,
              : f->kind == RP_FINISH_PERMANENT ? "permanent"
                                               : "max_attempts");
     op->error = strdup(f->error != NULL ? f->error : "");
+    op->attempts = f->attempts;
     op->envelope = envelope_of(f, f->attempts, &op->envelope_len);
     rp_chat_payload_t p;
     rp_err_t perr;
@@ -844,37 +906,336 @@ static int redis_finish(rp_queue_t *base, const rp_finish_t *jobs, size_t n,
     return rc;
 }
 
-/* A poison entry found at claim time: dead-letter it under its entry id. */
+/* ------------------------------------------------------------------ */
+/* Dead letters found at claim time                                     */
+/* ------------------------------------------------------------------ */
+
+/* A malformed entry's error row needs the payload's user id and message,
+ * which the codec does not hand out for a refused job.  This reader digs
+ * them out of the raw bytes with the codec's care: every length is checked
+ * against the bytes present before anything is read or skipped, nothing
+ * is allocated while walking, and nesting is bounded. */
+typedef struct mp_rd {
+    const unsigned char *p, *end;
+} mp_rd_t;
+
+enum { MPK_MAP, MPK_ARRAY, MPK_STR, MPK_INT, MPK_OTHER };
+
+static int mp_rd_take(mp_rd_t *c, uint64_t k, const unsigned char **out)
+{
+    if ((uint64_t)(c->end - c->p) < k)
+        return -1;
+    *out = c->p;
+    c->p += k;
+    return 0;
+}
+
+static uint64_t mp_rd_be(const unsigned char *b, int k)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < k; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+/* One value's head: a map or array's count (its children follow), a
+ * string's bytes (*s, *n), an integer (*iv); other scalars, bin and ext
+ * are consumed whole (MPK_OTHER).  Returns the kind, or -1. */
+static int mp_rd_head(mp_rd_t *c, uint64_t *n, int64_t *iv, const unsigned char **s)
+{
+    const unsigned char *b;
+    if (mp_rd_take(c, 1, &b) != 0)
+        return -1;
+    unsigned t = b[0];
+    int w = 0, kind;
+    if (t <= 0x7f || t >= 0xe0) {
+        *iv = t <= 0x7f ? (int64_t)t : (int64_t)(int8_t)t;
+        return MPK_INT;
+    }
+    if ((t & 0xf0) == 0x80 || (t & 0xf0) == 0x90) {
+        *n = t & 0x0f;
+        return (t & 0xf0) == 0x80 ? MPK_MAP : MPK_ARRAY;
+    }
+    if ((t & 0xe0) == 0xa0) {
+        *n = t & 0x1f;
+        return mp_rd_take(c, *n, s) == 0 ? MPK_STR : -1;
+    }
+    switch (t) {
+    case 0xc0: case 0xc2: case 0xc3:
+        return MPK_OTHER;
+    case 0xca: case 0xcb: /* float 32, 64 */
+        return mp_rd_take(c, t == 0xca ? 4 : 8, &b) == 0 ? MPK_OTHER : -1;
+    case 0xcc: case 0xcd: case 0xce: case 0xcf: /* uint 8..64 */
+        w = 1 << (t - 0xcc);
+        if (mp_rd_take(c, (uint64_t)w, &b) != 0)
+            return -1;
+        *n = mp_rd_be(b, w);
+        if (*n > INT64_MAX)
+            return MPK_OTHER;
+        *iv = (int64_t)*n;
+        return MPK_INT;
+    case 0xd0: case 0xd1: case 0xd2: case 0xd3: { /* int 8..64 */
+        w = 1 << (t - 0xd0);
+        if (mp_rd_take(c, (uint64_t)w, &b) != 0)
+            return -1;
+        uint64_t u = mp_rd_be(b, w);
+        int bits = 8 * w;
+        *iv = bits == 64 ? (int64_t)u
+                         : (int64_t)(u & (1ULL << (bits - 1)) ? u - (1ULL << bits) : u);
+        return MPK_INT;
+    }
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext 1..16 */
+        return mp_rd_take(c, 1 + (1u << (t - 0xd4)), &b) == 0 ? MPK_OTHER : -1;
+    case 0xd9: case 0xda: case 0xdb: /* str 8..32 */
+    case 0xc4: case 0xc5: case 0xc6: /* bin 8..32 */
+    case 0xc7: case 0xc8: case 0xc9: /* ext 8..32 */
+        w = t >= 0xd9 ? 1 << (t - 0xd9) : t >= 0xc7 ? 1 << (t - 0xc7) : 1 << (t - 0xc4);
+        if (mp_rd_take(c, (uint64_t)w, &b) != 0)
+            return -1;
+        *n = mp_rd_be(b, w) + (t >= 0xc7 && t <= 0xc9); /* ext: the type byte */
+        kind = t >= 0xd9 ? MPK_STR : MPK_OTHER;
+        return mp_rd_take(c, *n, s) == 0 ? kind : -1;
+    case 0xdc: case 0xdd: case 0xde: case 0xdf: /* array, map 16/32 */
+        w = t == 0xdc || t == 0xde ? 2 : 4;
+        if (mp_rd_take(c, (uint64_t)w, &b) != 0)
+            return -1;
+        *n = mp_rd_be(b, w);
+        return t <= 0xdd ? MPK_ARRAY : MPK_MAP;
+    default: /* 0xc1: never used */
+        return -1;
+    }
+}
+
+/* Skip one value, children included. */
+static int mp_rd_skip(mp_rd_t *c, int depth)
+{
+    uint64_t n = 0;
+    int64_t iv;
+    const unsigned char *s;
+    int k = mp_rd_head(c, &n, &iv, &s);
+    if (k < 0 || depth > 16)
+        return -1;
+    if (k != MPK_MAP && k != MPK_ARRAY)
+        return 0;
+    if (k == MPK_MAP)
+        n *= 2;
+    /* Every child takes at least one byte: a hostile count fails here. */
+    if (n > (uint64_t)(c->end - c->p))
+        return -1;
+    for (uint64_t i = 0; i < n; i++)
+        if (mp_rd_skip(c, depth + 1) != 0)
+            return -1;
+    return 0;
+}
+
+/* The head of a map; returns its pair count or -1. */
+static int64_t mp_rd_map(mp_rd_t *c)
+{
+    uint64_t n = 0;
+    int64_t iv;
+    const unsigned char *s;
+    if (mp_rd_head(c, &n, &iv, &s) != MPK_MAP || n > (uint64_t)(c->end - c->p))
+        return -1;
+    return (int64_t)n;
+}
+
+/* A string key; 0 with *s, *n, or -1. */
+static int mp_rd_key(mp_rd_t *c, const unsigned char **s, uint64_t *n)
+{
+    int64_t iv;
+    return mp_rd_head(c, n, &iv, s) == MPK_STR ? 0 : -1;
+}
+
+/* From an entry's job bytes, the payload's user id (a string or an integer
+ * that rp_user_id_valid accepts) and message (valid UTF-8 without NUL, else
+ * ""): owned strings, or NULL when there is no usable user id. */
+static char *salvage_user(const char *job, size_t len, char **message)
+{
+    mp_rd_t c = {(const unsigned char *)job, (const unsigned char *)job + len};
+    char *user = NULL;
+    *message = NULL;
+    int64_t top = mp_rd_map(&c);
+    for (int64_t i = 0; i < top; i++) {
+        const unsigned char *k;
+        uint64_t kn;
+        if (mp_rd_key(&c, &k, &kn) != 0)
+            break;
+        if (!(kn == 7 && memcmp(k, "payload", 7) == 0)) {
+            if (mp_rd_skip(&c, 1) != 0)
+                break;
+            continue;
+        }
+        int64_t m = mp_rd_map(&c);
+        for (int64_t j = 0; j < m; j++) {
+            uint64_t n = 0;
+            int64_t iv = 0;
+            const unsigned char *s = NULL;
+            if (mp_rd_key(&c, &k, &kn) != 0)
+                break;
+            int is_user = kn == 7 && memcmp(k, "user_id", 7) == 0;
+            int is_msg = kn == 7 && memcmp(k, "message", 7) == 0;
+            mp_rd_t save = c;
+            int kind = is_user || is_msg ? mp_rd_head(&c, &n, &iv, &s) : MPK_MAP;
+            if (kind == MPK_MAP || kind == MPK_ARRAY) {
+                c = save;
+                if (mp_rd_skip(&c, 2) != 0)
+                    break;
+                continue;
+            }
+            if (kind < 0)
+                break;
+            if (is_user && user == NULL) {
+                char buf[64];
+                if (kind == MPK_STR && n < sizeof(buf)) {
+                    memcpy(buf, s, n);
+                    buf[n] = '\0';
+                } else if (kind == MPK_INT) {
+                    snprintf(buf, sizeof(buf), "%" PRId64, iv);
+                } else {
+                    buf[0] = '\0';
+                }
+                if (buf[0] != '\0' && rp_user_id_valid(buf))
+                    user = strdup(buf);
+            } else if (is_msg && *message == NULL && kind == MPK_STR && n <= SIZE_MAX - 1 &&
+                       memchr(s, '\0', n) == NULL && rp_utf8_valid((const char *)s, n)) {
+                *message = malloc(n + 1);
+                if (*message != NULL) {
+                    memcpy(*message, s, n);
+                    (*message)[n] = '\0';
+                }
+            }
+        }
+        break;
+    }
+    if (user == NULL) {
+        free(*message);
+        *message = NULL;
+    }
+    return user;
+}
+
+/* An entry dead-lettered at claim time: everything copied, for the error
+ * row's round trip. */
 typedef struct poison {
     redis_queue_t *q;
+    char entry[48];
+    char *job;
+    size_t job_len;
+    int attempts;
+    char reason[32];
+    char *error;
 } poison_t;
+
+static void poison_free(poison_t *ctx)
+{
+    free(ctx->job);
+    free(ctx->error);
+    free(ctx);
+}
 
 static void poison_done(void *data, int err, const rp_redis_reply_t *rep)
 {
     if (err != 0 || rp_redis_reply_type(rep) == RP_REDIS_ERROR)
         rp_log_error("job.fail_unrecorded", NULL,
                      "a malformed entry could not be dead-lettered: it returns after the lease");
-    free(data);
+    poison_free(data);
 }
 
-static void dead_letter_now(redis_queue_t *q, const char *entry_id, const char *job,
-                            size_t job_len, const char *reason, const char *error)
+static void poison_script(poison_t *ctx)
 {
-    poison_t *ctx = malloc(sizeof(*ctx));
-    if (ctx == NULL)
-        return;
-    ctx->q = q;
-    char failed_at[32];
+    redis_queue_t *q = ctx->q;
+    char failed_at[32], attempts[16];
     snprintf(failed_at, sizeof(failed_at), "%" PRIu64, now_ms());
-    const char *argv[] = {"EVAL",         DEAD_LUA,  "2",   q->cfg->redis_stream,
-                          q->dead,        q->cfg->redis_group, q->cfg->worker_id, entry_id,
-                          job,            reason,    error, failed_at};
-    size_t lens[12];
-    for (int i = 0; i < 12; i++)
-        lens[i] = i == 8 ? job_len : strlen(argv[i]);
-    rp_log_error("job.dead", NULL, "stream entry %s: %s", entry_id, error);
-    if (rp_redis_command(q->cmd, 12, argv, lens, 0, poison_done, ctx) != 0)
-        free(ctx);
+    snprintf(attempts, sizeof(attempts), "%d", ctx->attempts);
+    const char *argv[] = {"EVAL",       DEAD_LUA,         "2",
+                          q->cfg->redis_stream, q->dead,  q->cfg->redis_group,
+                          q->cfg->worker_id,    ctx->entry, ctx->job != NULL ? ctx->job : "",
+                          ctx->reason,  ctx->error,       failed_at,
+                          attempts};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = i == 8 ? ctx->job_len : strlen(argv[i]);
+    if (rp_redis_command(q->cmd, 13, argv, lens, 0, poison_done, ctx) != 0)
+        poison_free(ctx);
+}
+
+static void poison_row_done(void *data, const rp_pg_res_t *res)
+{
+    poison_t *ctx = data;
+    int err = rp_pg_res_error(res);
+    if (err != 0) {
+        /* Not dead-lettered without its row: the entry stays pending and
+         * comes back after the lease, when Postgres may answer. */
+        rp_log_error("job.fail_unrecorded", NULL, "error row of stream entry %s: %s %s",
+                     ctx->entry, rp_strerror(err), rp_pg_res_message(res));
+        poison_free(ctx);
+        return;
+    }
+    poison_script(ctx);
+}
+
+/* Dead-letter a stream entry under its entry id (job_id: the job id when
+ * known, else ""; attempts: the attempts it consumed; enqueued_at_ms: the
+ * envelope's, 0 when unknown): the error row first
+ * when the job id and the payload's user id can be read, then the dead
+ * letter and the acknowledgement in one script. */
+static void dead_letter_now(redis_queue_t *q, const char *entry_id, const char *job_id,
+                            const char *job, size_t job_len, int attempts, int64_t enqueued_at_ms,
+                            const char *reason, const char *error)
+{
+    poison_t *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL)
+        return; /* the entry comes back after the lease */
+    ctx->q = q;
+    snprintf(ctx->entry, sizeof(ctx->entry), "%s", entry_id);
+    snprintf(ctx->reason, sizeof(ctx->reason), "%s", reason);
+    ctx->attempts = attempts < 1 ? 1 : attempts;
+    ctx->error = strdup(error);
+    ctx->job = malloc(job_len + 1);
+    if (ctx->error == NULL || ctx->job == NULL) {
+        poison_free(ctx);
+        return;
+    }
+    memcpy(ctx->job, job, job_len);
+    ctx->job[job_len] = '\0';
+    ctx->job_len = job_len;
+    rp_log_error("job.dead", job_id[0] != '\0' ? job_id : NULL, "stream entry %s: %s (%s)",
+                 entry_id, error, reason);
+
+    char *message = NULL;
+    char *user = job_id[0] != '\0' ? salvage_user(job, job_len, &message) : NULL;
+    if (user == NULL) {
+        poison_script(ctx);
+        return;
+    }
+    rp_buf_t b = RP_BUF_INIT;
+    rp_buf_puts(&b, "[{\"job_id\":\"");
+    rp_buf_json_escape(&b, job_id, strlen(job_id));
+    rp_buf_putc(&b, '"');
+    append_str(&b, "user_id", user);
+    append_str(&b, "message", message != NULL ? message : "");
+    append_str(&b, "response", RP_SAFE_ERROR_MESSAGE);
+    append_str(&b, "error", error);
+    rp_buf_printf(&b, ",\"status\":\"error\",\"attempts\":%d", ctx->attempts);
+    if (enqueued_at_ms > 0)
+        rp_buf_printf(&b, ",\"enqueued_at_ms\":%" PRId64, enqueued_at_ms);
+    rp_buf_puts(&b, "}]");
+    free(user);
+    free(message);
+    int rc = RP_ENOMEM;
+    if (!rp_buf_failed(&b)) {
+        const char *params[1] = {b.data};
+        rc = rp_pg_query(db_pick(q),
+                         "SELECT job_id, outcome FROM ragpool.record_results($1::jsonb)", 1,
+                         params, 0, poison_row_done, ctx);
+    }
+    rp_buf_free(&b);
+    if (rc != 0) {
+        rp_log_error("job.fail_unrecorded", NULL,
+                     "error row of stream entry %s: %s: it returns after the lease", entry_id,
+                     rp_strerror(rc));
+        poison_free(ctx);
+    }
 }
 
 static void release_script_done(void *data, int err, const rp_redis_reply_t *rep)

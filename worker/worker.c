@@ -604,6 +604,7 @@ static void check_done(void *data, const rp_pg_res_t *res)
     }
     const char *type = rp_pg_res_value(res, 0, 0);
     w->vec_format = strcmp(type, "vector") == 0 ? RP_VEC_PGVECTOR : RP_VEC_ARRAY;
+    w->user_ids_bigint = strcmp(rp_pg_res_value(res, 0, 1), "bigint") == 0;
     if (!w->ready) {
         w->ready = 1;
         json_t *f = json_pack("{s:s, s:s, s:I, s:s}", "worker_id", w->cfg->worker_id, "vector_type",
@@ -622,7 +623,10 @@ static void start_check(rp_worker_t *w)
         return;
     const char *params[1] = {w->cfg->match_function};
     w->checking = 1;
-    if (rp_pg_query(w->db[0], "SELECT ragpool.match_arg_type($1)", 1, params, 0, check_done, w) !=
+    if (rp_pg_query(w->db[0],
+                    "SELECT ragpool.match_arg_type($1), (SELECT value FROM ragpool.settings "
+                    "WHERE key = 'user_id_type')",
+                    1, params, 0, check_done, w) !=
         0)
         w->checking = 0;
 }

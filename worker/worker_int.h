@@ -116,6 +116,7 @@ struct rp_worker {
     const char *http_headers[4];
 
     rp_vec_format_t vec_format;
+    int user_ids_bigint;  /* the database's conversations.user_id is bigint, not uuid */
     int ready;    /* schema checked, claiming allowed */
     int checking; /* start-up check in flight */
     int draining;

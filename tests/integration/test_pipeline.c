@@ -2,14 +2,20 @@
  * test_pipeline.c: the chat pipeline end to end, as its users see it.
  *
  * Against the local stack (./dev test): a fresh migrated and seeded
- * database, a private development model server and a real ragpool-worker.
- * Jobs are enqueued the way an app does (SQL: ragpool.enqueue_chat), and
- * the assertions read only what users and operators read: conversations
- * rows, the queue and dead-letter tables, what RLS lets a signed-in user
- * see, and what logical decoding (which Supabase Realtime reads) carries.
+ * database, a private development model server and a real ragpool-worker,
+ * on the queue RP_TEST_QUEUE names (ctest runs this program once per
+ * backend: integration/test_pipeline on Postgres, integration/redis/
+ * test_pipeline on a Redis stream of the test's own).  Jobs are enqueued
+ * the way an app does (Postgres: ragpool.enqueue_chat; Redis: an XADD of
+ * the msgpack envelope), and the assertions read only what users and
+ * operators read: conversations rows (in Postgres on both backends), the
+ * queue and its dead letters, what RLS lets a signed-in user see, and what
+ * logical decoding (which Supabase Realtime reads) carries.
  *
  *  - many jobs, several users: one complete, correct row per job, context
  *    ids on the question's topic, an empty queue, no dead letters;
+ *    (row level security and Realtime read only Postgres, but run on both
+ *    backends: the row is written by a different path on each);
  *  - row level security: a user sees exactly their own rows;
  *  - Realtime: the insert reaches a wal2json slot with every column;
  *  - the operator's `ragpool enqueue --wait` prints the answer (exit 0) or
@@ -27,6 +33,7 @@
 #include <cmocka.h>
 
 #include "test_fixture.h"
+#include "test_queue.h"
 
 #define USER_A "00000000-0000-4000-8000-000000000001"
 #define USER_B "00000000-0000-4000-8000-000000000002"
@@ -48,13 +55,14 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Enqueue n chat jobs in one transaction, users A/B/C in turn and the topic
- * questions in turn, recording what was asked in table expected. */
+/* Enqueue n chat jobs at once (Postgres: one statement; Redis: pipelined
+ * XADDs), users A/B/C in turn and the topic questions in turn, recording
+ * what was asked in table expected. */
 static void enqueue_topics(rp_test_ctx_t *t, int n)
 {
     rp_test_sql_exec(t->db,
                      "create table expected as "
-                     "select ragpool.enqueue_chat(u, q || ' (question ' || i || ')') as job_id, "
+                     "select gen_random_uuid() as job_id, "
                      "       u as user_id, q || ' (question ' || i || ')' as message, w as word "
                      "  from (select i, (array['" USER_A "', '" USER_B "', '" USER_C
                      "'])[1 + i %% 3] as u, "
@@ -63,6 +71,7 @@ static void enqueue_topics(rp_test_ctx_t *t, int n)
                      "          from generate_series(0, %d) as i) s",
                      n - 1);
     assert_int_equal(rp_test_sql_int(t->db, "select count(distinct job_id) from expected"), n);
+    rp_test_enqueue_table(t, "expected");
 }
 
 static void test_many_jobs_many_users(void **state)
@@ -80,8 +89,8 @@ static void test_many_jobs_many_users(void **state)
     /* Exactly one row per job, nothing left in the queue, no dead letters. */
     assert_int_equal(rp_test_sql_int(t->db, "select count(*) from conversations"), n);
     assert_int_equal(rp_test_sql_int(t->db, "select count(distinct job_id) from conversations"), n);
-    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from ragpool.jobs"), 0);
-    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from ragpool.dead_jobs"), 0);
+    assert_int_equal(rp_test_queue_total(t), 0);
+    assert_int_equal(rp_test_dead_count(t, NULL), 0);
 
     /* Each row answers its own job: right user, right message, done. */
     assert_int_equal(
@@ -192,9 +201,7 @@ static void test_realtime_slot_sees_insert(void **state)
      * drop removes it if an assertion fails first.) */
     rp_test_sql_exec(t->db, "select pg_create_logical_replication_slot('%s', 'wal2json')", slot);
     rp_test_worker_start(t, NULL);
-    job = rp_test_sql_text(t->db,
-                           "select ragpool.enqueue_chat('" USER_A "'::uuid, 'What is TON token?')");
-    assert_non_null(job);
+    job = rp_test_ask(t, USER_A, "What is TON token?");
     rp_test_assert(t, rp_test_sql_wait(t->db, RP_TEST_WAIT_MS,
                                        "select count(*) = 1 from conversations where job_id = '%s'",
                                        job));
@@ -263,15 +270,19 @@ static void test_cli_enqueue_wait(void **state)
                               "--timeout",
                               "60",
                               NULL};
-    const char *env[2];
-    int st;
+    const char *env[6];
+    int st, k = 0;
     *state = t;
     rp_test_worker_start(t, NULL);
     if (asprintf(&db_env, "DATABASE_URL=%s", t->db_url) < 0) {
         fail_msg("out of memory");
     }
-    env[0] = db_env;
-    env[1] = NULL;
+    /* The CLI enqueues on the test's queue (RAGPOOL_QUEUE, the stream). */
+    env[k++] = db_env;
+    for (const char *const *q = t->queue_env; *q != NULL; q++) {
+        env[k++] = *q;
+    }
+    env[k] = NULL;
 
     st = rp_test_run("cli-enqueue", ok_argv, env, 90000, &out);
     job = rp_test_sql_text(t->db, "select job_id::text from conversations where status = 'done'");

@@ -12,6 +12,14 @@
  *    message, so the user is never left waiting;
  *  - malformed jobs are dead-lettered as invalid_payload at once and the
  *    worker keeps serving.
+ *
+ * One definition, both queues: RP_TEST_QUEUE picks the backend (ctest runs
+ * integration/test_pipeline_faults and integration/redis/
+ * test_pipeline_faults); dead letters are read from ragpool.dead_jobs or
+ * from the stream <stream>:dead, and the error rows from conversations on
+ * both.  On Redis the poison test also adds entries no client library
+ * would write: bytes that are not msgpack, and an entry without a job
+ * field.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +32,7 @@
 #include <cmocka.h>
 
 #include "test_fixture.h"
+#include "test_queue.h"
 
 #define USER_A "00000000-0000-4000-8000-000000000001"
 
@@ -37,11 +46,28 @@ static int teardown(void **state)
 /* Enqueue one chat question for user A; returns its job id (owned). */
 static char *ask(rp_test_ctx_t *t, const char *message)
 {
-    char *lit = rp_test_sql_literal(t->db, message);
-    char *job = rp_test_sql_text(t->db, "select ragpool.enqueue_chat('" USER_A "'::uuid, %s)", lit);
-    free(lit);
-    assert_non_null(job);
-    return job;
+    return rp_test_ask(t, USER_A, message);
+}
+
+/* Assert that job has a dead letter with this reason and attempts, whose
+ * error contains needle. */
+static void assert_dead(rp_test_ctx_t *t, const char *job, const char *reason, int attempts,
+                        const char *needle)
+{
+    char *why = NULL, *error = NULL;
+    int n = -1;
+    if (!rp_test_dead_get(t, job, &why, &error, &n)) {
+        rp_test_ctx_dump(t);
+        fail_msg("job %s has no dead letter", job);
+    }
+    if (strcmp(why, reason) != 0 || n != attempts || strstr(error, needle) == NULL) {
+        rp_test_ctx_dump(t);
+        fail_msg("dead letter of %s: reason %s (want %s), attempts %d (want %d), error '%s' "
+                 "(want it to mention %s)",
+                 job, why, reason, n, attempts, error, needle);
+    }
+    free(why);
+    free(error);
 }
 
 static void wait_row(rp_test_ctx_t *t, const char *job)
@@ -78,8 +104,8 @@ static void test_transient_faults_are_retried(void **state)
                         j503),
         1);
     assert_int_equal(rp_test_sql_int(t->db, "select count(*) from conversations"), 2);
-    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from ragpool.dead_jobs"), 0);
-    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from ragpool.jobs"), 0);
+    assert_int_equal(rp_test_dead_count(t, NULL), 0);
+    assert_int_equal(rp_test_queue_total(t), 0);
 
     /* The model server did answer with those faults: 2 x 429 and 1 x 503. */
     stats = rp_test_devmodel_stats(t);
@@ -100,29 +126,25 @@ static void test_permanent_and_exhausted_failures(void **state)
 {
     rp_test_ctx_t *t = rp_test_ctx_new("dead", NULL);
     char *j400, *j500;
+    rp_test_job_t always500 = {.user_id = USER_A,
+                               .message = "What are Jettons? [[fault:chat:500]]",
+                               .max_attempts = 3};
     *state = t;
     rp_test_worker_start(t, NULL);
     j400 = ask(t, "What is TON token? [[fault:chat:400]]");
-    j500 = rp_test_sql_text(t->db, "select ragpool.enqueue('chat', jsonb_build_object("
-                                   "  'user_id', '" USER_A
-                                   "', 'message', 'What are Jettons? [[fault:chat:500]]', "
-                                   "  'options', '{}'::jsonb), max_attempts => 3)");
-    assert_non_null(j500);
+    j500 = rp_test_enqueue(t, &always500);
     wait_row(t, j400);
     wait_row(t, j500);
 
     /* 400 is permanent: dead at once, with the error. */
-    assert_int_equal(
-        rp_test_sql_int(t->db,
-                        "select count(*) from ragpool.dead_jobs where id = '%s' "
-                        "and reason = 'permanent' and attempts = 1 and last_error like '%%400%%'",
-                        j400),
-        1);
+    assert_dead(t, j400, "permanent", 1, "400");
     /* 500 every time: dead after its 3 attempts. */
+    assert_dead(t, j500, "max_attempts", 3, "500");
+    assert_int_equal(rp_test_dead_count(t, NULL), 2);
+    /* The error rows count the attempts too. */
     assert_int_equal(rp_test_sql_int(t->db,
-                                     "select count(*) from ragpool.dead_jobs where id = '%s' "
-                                     "and reason = 'max_attempts' and attempts = 3 "
-                                     "and last_error like '%%500%%'",
+                                     "select count(*) from conversations where job_id = '%s' "
+                                     "and attempts = 3",
                                      j500),
                      1);
     /* Each user still got a row: status error, a safe non-empty message. */
@@ -140,7 +162,7 @@ static void test_permanent_and_exhausted_failures(void **state)
                         "and response = error",
                         j400, j500),
         0);
-    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from ragpool.jobs"), 0);
+    assert_int_equal(rp_test_queue_total(t), 0);
     free(j400);
     free(j500);
     rp_test_ctx_pass(t);
@@ -149,39 +171,80 @@ static void test_permanent_and_exhausted_failures(void **state)
 static void test_poison_payloads(void **state)
 {
     rp_test_ctx_t *t = rp_test_ctx_new("poison", NULL);
+    static const char *const poison[] = {
+        "{\"nonsense\": true}",
+        NULL, /* a 1 MB message, built below */
+        "{\"user_id\": \"" USER_A "\", \"message\": 42}",
+        "{\"user_id\": \"" USER_A "\", \"message\": \"What is TON token?\", "
+        "\"options\": {\"match_count\": \"many\"}}",
+        "[1, 2, 3]",
+    };
+    char *ids[5];
+    char *big;
+    long long want;
     char *normal;
     *state = t;
     rp_test_worker_start(t, NULL);
-    rp_test_sql_exec(
-        t->db,
-        "create table poison as select * from (values "
-        " (ragpool.enqueue('chat', '{\"nonsense\": true}')),"
-        " (ragpool.enqueue('chat', jsonb_build_object('user_id', '" USER_A "', "
-        "    'message', repeat('x', 1048576), 'options', '{}'::jsonb))),"
-        " (ragpool.enqueue('chat', jsonb_build_object('user_id', '" USER_A "', "
-        "    'message', 42))),"
-        " (ragpool.enqueue('chat', jsonb_build_object('user_id', '" USER_A "', "
-        "    'message', 'What is TON token?', 'options', '{\"match_count\": \"many\"}'::jsonb))),"
-        " (ragpool.enqueue('chat', '[1, 2, 3]'))"
-        ") as v(job_id)");
-    rp_test_assert(t, rp_test_sql_wait(t->db, RP_TEST_WAIT_MS,
-                                       "select count(*) = 5 from ragpool.dead_jobs d join poison p "
-                                       "on p.job_id = d.id"));
-    assert_int_equal(
-        rp_test_sql_int(t->db,
-                        "select count(*) from ragpool.dead_jobs where reason = 'invalid_payload' "
-                        "and attempts = 1 and last_error is not null"),
-        5);
+    big = malloc(1048576 + 100);
+    assert_non_null(big);
+    {
+        int n = snprintf(big, 100, "{\"user_id\": \"%s\", \"message\": \"", USER_A);
+        memset(big + n, 'x', 1048576);
+        strcpy(big + n + 1048576, "\"}");
+    }
+    for (int i = 0; i < 5; i++) {
+        ids[i] = rp_test_enqueue_payload(t, poison[i] != NULL ? poison[i] : big);
+    }
+    free(big);
+    want = 5;
+    if (t->stream != NULL) {
+        /* What no client library writes: bytes that are not msgpack, a
+         * msgpack value that is not a map, and an entry without the job
+         * field. */
+        char *e1 = rp_test_redis_add_raw(t, "\xc1garbage", 8);
+        char *e2 = rp_test_redis_add_raw(t, "\x93\x01\x02\x03", 4);
+        char *e3 = rp_test_redis_add_raw(t, NULL, 0);
+        free(e1);
+        free(e2);
+        free(e3);
+        want += 3;
+    }
+    {
+        long long deadline = rp_test_now_ms() + RP_TEST_WAIT_MS;
+        while (rp_test_dead_count(t, "invalid_payload") < want && rp_test_now_ms() < deadline) {
+            rp_test_sleep_ms(100);
+        }
+    }
+    rp_test_assert(t, rp_test_dead_count(t, "invalid_payload") == want);
+    rp_test_assert(t, rp_test_dead_count(t, NULL) == want);
+    /* Each enqueued job is dead under its own id, on its first attempt. */
+    for (int i = 0; i < 5; i++) {
+        char *error = NULL;
+        int attempts = -1;
+        rp_test_assert(t, rp_test_dead_get(t, ids[i], NULL, &error, &attempts) == 1);
+        rp_test_assert(t, attempts == 1 && error != NULL && error[0] != '\0');
+        free(error);
+    }
+
+    /* As on Postgres, a dead job whose payload names a usable user still
+     * answers that user with an error row (the 1 MB message, the number as
+     * message, the bad option); the others name no user. */
+    rp_test_assert(t, rp_test_sql_wait(t->db, 10000,
+                                       "select count(*) = 3 from conversations where job_id in "
+                                       "('%s', '%s', '%s') and status = 'error' "
+                                       "and user_id = '" USER_A "'",
+                                       ids[1], ids[2], ids[3]));
 
     /* The worker is still serving: a normal question gets its answer. */
-    normal = rp_test_sql_text(t->db, "select ragpool.enqueue_chat('" USER_A
-                                     "'::uuid, 'What is TON token?')");
-    assert_non_null(normal);
+    normal = rp_test_ask(t, USER_A, "What is TON token?");
     rp_test_assert(t, rp_test_sql_wait(t->db, RP_TEST_WAIT_MS,
                                        "select count(*) = 1 from conversations where job_id = '%s' "
                                        "and status = 'done'",
                                        normal));
-    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from ragpool.jobs"), 0);
+    assert_int_equal(rp_test_queue_total(t), 0);
+    for (int i = 0; i < 5; i++) {
+        free(ids[i]);
+    }
     free(normal);
     rp_test_ctx_pass(t);
 }

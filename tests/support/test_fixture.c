@@ -21,6 +21,7 @@
 #include <curl/curl.h>
 
 #include "test_fixture.h"
+#include "test_queue.h"
 
 #define RP_TEST_READY_MS 60000
 #define RP_TEST_LOG_TAIL 24000
@@ -187,6 +188,36 @@ rp_test_proc_t *rp_test_devmodel_start(const char *name, const char *const *args
     return NULL;
 }
 
+/* (Re)build t->queue_env from t->queue, t->redis_url and t->stream. */
+static void queue_env_build(rp_test_ctx_t *t)
+{
+    int i, n = 0;
+    for (i = 0; i < 3; i++) {
+        free(t->queue_env_buf[i]);
+        t->queue_env_buf[i] = NULL;
+    }
+    t->queue_env_buf[0] = xasprintf("RAGPOOL_QUEUE=%s", t->queue);
+    if (t->stream != NULL) {
+        t->queue_env_buf[1] = xasprintf("RAGPOOL_REDIS_STREAM=%s", t->stream);
+        t->queue_env_buf[2] = xasprintf("REDIS_URL=%s", t->redis_url);
+    }
+    for (i = 0; i < 3; i++) {
+        if (t->queue_env_buf[i] != NULL) {
+            t->queue_env[n++] = t->queue_env_buf[i];
+        }
+    }
+    t->queue_env[n] = NULL;
+}
+
+void rp_test_ctx_set_redis_url(rp_test_ctx_t *t, const char *url)
+{
+    assert_non_null(t->stream);
+    free(t->redis_url);
+    t->redis_url = strdup(url);
+    rp_test_redis_disconnect(t);
+    queue_env_build(t);
+}
+
 rp_test_ctx_t *rp_test_ctx_new(const char *name, const char *const *devmodel_args)
 {
     rp_test_ctx_t *t;
@@ -197,6 +228,13 @@ rp_test_ctx_t *rp_test_ctx_new(const char *name, const char *const *devmodel_arg
     t->name = strdup(name);
     t->db_url = rp_test_db_create_ready(name);
     t->db = rp_test_pg_connect(t->db_url);
+    t->queue = rp_test_queue_name();
+    if (rp_test_queue_is_redis()) {
+        static int seq;
+        t->stream = xasprintf("rp-test:%s:%d:%d", name, (int)getpid(), ++seq);
+        t->redis_url = strdup(rp_test_env("REDIS_URL"));
+    }
+    queue_env_build(t);
     dm_name = xasprintf("devmodel-%s", name);
     t->devmodel = rp_test_devmodel_start(dm_name, devmodel_args, &t->devmodel_url);
     free(dm_name);
@@ -246,6 +284,10 @@ void rp_test_ctx_free(rp_test_ctx_t *t)
     for (i = t->nprocs - 1; i >= 0; i--) {
         rp_test_proc_free(t->procs[i]);
     }
+    if (t->stream != NULL) {
+        rp_test_redis_cleanup(t);
+    }
+    rp_test_redis_disconnect(t);
     if (t->db != NULL) {
         PQfinish(t->db);
     }
@@ -255,6 +297,11 @@ void rp_test_ctx_free(rp_test_ctx_t *t)
     free(t->db_url);
     free(t->devmodel_url);
     free(t->openai_base_url);
+    free(t->stream);
+    free(t->redis_url);
+    for (i = 0; i < 3; i++) {
+        free(t->queue_env_buf[i]);
+    }
     free(t->name);
     free(t);
 }
@@ -277,6 +324,9 @@ rp_test_proc_t *rp_test_worker_spawn(rp_test_ctx_t *t, const char *const *env)
     full[n++] = "RAGPOOL_POLL_MS=500";
     full[n++] = "RAGPOOL_BACKOFF_BASE_MS=100";
     full[n++] = "RAGPOOL_BACKOFF_MAX_MS=1000";
+    for (const char *const *q = t->queue_env; *q != NULL; q++) {
+        full[n++] = *q;
+    }
     while (env != NULL && *env != NULL && n < 63) {
         full[n++] = *env++;
     }
@@ -299,6 +349,13 @@ rp_test_proc_t *rp_test_worker_start(rp_test_ctx_t *t, const char *const *env)
     if (rp_test_proc_wait_log(p, "worker.ready", RP_TEST_READY_MS) != 0) {
         rp_test_ctx_dump(t);
         fail_msg("%s did not log worker.ready (exit status %d)", rp_test_proc_name(p),
+                 rp_test_proc_wait(p, 0));
+    }
+    /* Redis: ready to claim once its consumer group exists. */
+    if (t->stream != NULL &&
+        rp_test_proc_wait_log(p, "queue.redis_ready", RP_TEST_READY_MS) != 0) {
+        rp_test_ctx_dump(t);
+        fail_msg("%s did not log queue.redis_ready (exit status %d)", rp_test_proc_name(p),
                  rp_test_proc_wait(p, 0));
     }
     return p;

@@ -21,6 +21,15 @@
  * test database, OPENAI_BASE_URL of the private model server, quick retries
  * (RAGPOOL_BACKOFF_BASE_MS=100, RAGPOOL_BACKOFF_MAX_MS=1000) and
  * RAGPOOL_POLL_MS=500; the test's overrides come last and win.
+ *
+ * The queue backend comes from RP_TEST_QUEUE ("postgres", the default, or
+ * "redis"): with redis, workers (and the CLI, through t->queue_env) also get
+ * RAGPOOL_QUEUE=redis, REDIS_URL and a stream of the test's own
+ * (RAGPOOL_REDIS_STREAM=rp-test:<name>:<pid>:<n>), so tests of one program
+ * or of several run in parallel on one Redis; the stream, its delayed set,
+ * its dead-letter stream and its idempotency keys are deleted by
+ * rp_test_ctx_free.  test_queue.h has the backend-neutral helpers
+ * (enqueue, dead letters, queue counts).
  */
 #ifndef RP_TEST_FIXTURE_H
 #define RP_TEST_FIXTURE_H
@@ -47,13 +56,23 @@ typedef struct rp_test_ctx {
     int nprocs;
     int nworkers;
     int passed;
-    int dumped; /* logs already printed */
+    int dumped;                  /* logs already printed */
+    const char *queue;           /* "postgres" or "redis" (static) */
+    char *stream;                /* redis: the test's stream (RAGPOOL_REDIS_STREAM) */
+    char *redis_url;             /* redis: REDIS_URL for workers and helpers */
+    struct redisContext *rh;     /* redis: helper connection (test_queue.c), or NULL */
+    char *queue_env_buf[3];      /* owned strings behind queue_env */
+    const char *queue_env[4];    /* NULL-terminated env overrides naming the queue */
 } rp_test_ctx_t;
 
 /* Require the stack (exit 77 otherwise), create the database and start a
  * private model server with the extra flags devmodel_args (NULL-terminated,
  * may be NULL).  Returns owned (rp_test_ctx_free); fails the test on error. */
 rp_test_ctx_t *rp_test_ctx_new(const char *name, const char *const *devmodel_args);
+
+/* Point t's workers and helpers at another Redis (e.g. a private
+ * redis-server of the test); url is copied.  Only with the redis queue. */
+void rp_test_ctx_set_redis_url(rp_test_ctx_t *t, const char *url);
 
 /* Mark the test as passed (its logs are then not printed). */
 void rp_test_ctx_pass(rp_test_ctx_t *t);
