@@ -94,6 +94,7 @@ static void test_sql_helpers(void **state)
     PGconn *c;
     (void)state;
     if (getenv("RP_TEST_PG_URL") == NULL) {
+        printf("SKIP test_sql_helpers: RP_TEST_PG_URL not set (run through ./dev test)\n");
         skip();
     }
     url = rp_test_db_create("harness");
