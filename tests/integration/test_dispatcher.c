@@ -35,6 +35,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "test_request.h"
 #include "test_fixture.h"
 #include "../unit/common/jwt_testkeys.h"
 
@@ -51,63 +52,6 @@ typedef struct world {
 /* ------------------------------------------------------------------ */
 /* helpers                                                             */
 
-typedef struct resp {
-    long status;
-    char *body;
-    char *headers;
-} resp_t;
-
-static size_t grow(char *p, size_t size, size_t n, void *ud)
-{
-    char **s = ud;
-    size_t old = *s != NULL ? strlen(*s) : 0;
-    char *ns = realloc(*s, old + size * n + 1);
-    memcpy(ns + old, p, size * n);
-    ns[old + size * n] = '\0';
-    *s = ns;
-    return size * n;
-}
-
-/* A blocking request with headers (NULL-terminated "Name: value"). */
-static resp_t http(const char *method, const char *url, const char *const *headers,
-                   const char *body, size_t body_len)
-{
-    resp_t r = {0, strdup(""), strdup("")};
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    for (size_t i = 0; headers != NULL && headers[i] != NULL; i++)
-        h = curl_slist_append(h, headers[i]);
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (body != NULL) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
-    }
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, grow);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, grow);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r.headers);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return r;
-}
-
-static void resp_free(resp_t *r)
-{
-    free(r->body);
-    free(r->headers);
-}
-
-static int has_header(const resp_t *r, const char *line_prefix)
-{
-    return strcasestr(r->headers, line_prefix) != NULL;
-}
 
 typedef struct disp {
     rp_test_proc_t *p;
@@ -181,7 +125,7 @@ static char *hs_token(const char *sub, const char *aud, const char *role, long e
 
 /* POST /v1/chat with token (may be NULL), content type (may be NULL),
  * idempotency key (may be NULL) and body. */
-static resp_t chat(const disp_t *d, const char *token, const char *ctype, const char *idem,
+static rp_test_resp_t chat(const disp_t *d, const char *token, const char *ctype, const char *idem,
                    const char *body)
 {
     char auth[9000], ct[128], ik[300];
@@ -201,26 +145,26 @@ static resp_t chat(const disp_t *d, const char *token, const char *ctype, const 
     }
     h[n] = NULL;
     char *u = url(d, "/v1/chat");
-    resp_t r = http("POST", u, h, body, strlen(body));
+    rp_test_resp_t r = rp_test_request("POST", u, h, body, strlen(body));
     free(u);
     return r;
 }
 
-static resp_t get_job(const disp_t *d, const char *token, const char *id)
+static rp_test_resp_t get_job(const disp_t *d, const char *token, const char *id)
 {
     char auth[9000], path[128];
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
     snprintf(path, sizeof(path), "/v1/jobs/%s", id);
     const char *h[] = {auth, NULL};
     char *u = url(d, path);
-    resp_t r = http("GET", u, h, NULL, 0);
+    rp_test_resp_t r = rp_test_request("GET", u, h, NULL, 0);
     free(u);
     return r;
 }
 
 /* The response must have this status and, for errors, a JSON body
  * {"error":{"code":code,"message":...}}. */
-static void expect_error(world_t *w, resp_t r, long status, const char *code)
+static void expect_error(world_t *w, rp_test_resp_t r, long status, const char *code)
 {
     json_t *j = json_loads(r.body, 0, NULL);
     const char *c = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
@@ -229,16 +173,16 @@ static void expect_error(world_t *w, resp_t r, long status, const char *code)
         rp_test_ctx_dump(w->t);
         fail_msg("expected %ld %s, got %ld %s", status, code, r.status, r.body);
     }
-    if (!has_header(&r, "Content-Type: application/json")) {
+    if (!rp_test_resp_has_header(&r, "Content-Type: application/json")) {
         rp_test_ctx_dump(w->t);
         fail_msg("an error without a JSON content type: %s", r.headers);
     }
     json_decref(j);
-    resp_free(&r);
+    rp_test_resp_free(&r);
 }
 
 /* The job id of a 202 answer (owned). */
-static char *expect_accepted(world_t *w, resp_t r)
+static char *expect_accepted(world_t *w, rp_test_resp_t r)
 {
     json_t *j = json_loads(r.body, 0, NULL);
     const char *id = json_string_value(json_object_get(j, "job_id"));
@@ -249,7 +193,7 @@ static char *expect_accepted(world_t *w, resp_t r)
     }
     char *out = strdup(id);
     json_decref(j);
-    resp_free(&r);
+    rp_test_resp_free(&r);
     return out;
 }
 
@@ -319,8 +263,8 @@ static void test_every_refusal(void **state)
 
     /* 401: missing, not Bearer, malformed, alg none, expired, wrong
      * audience, wrong role, wrong secret, HS/RS confusion, huge */
-    resp_t r = chat(&d, NULL, J, NULL, ok);
-    assert_true(has_header(&r, "WWW-Authenticate: Bearer"));
+    rp_test_resp_t r = chat(&d, NULL, J, NULL, ok);
+    assert_true(rp_test_resp_has_header(&r, "WWW-Authenticate: Bearer"));
     expect_error(w, r, 401, "missing_token");
     expect_error(w, chat(&d, "not-a-jwt", J, NULL, ok), 401, "invalid_token");
     char *c =
@@ -336,7 +280,7 @@ static void test_every_refusal(void **state)
     t = tk_sign("HS256", NULL, der, dlen, "rsa-1", c);
     OPENSSL_free(der);
     r = chat(&d, t, J, NULL, ok);
-    assert_true(has_header(&r, "error=\"invalid_token\""));
+    assert_true(rp_test_resp_has_header(&r, "error=\"invalid_token\""));
     expect_error(w, r, 401, "invalid_token");
     free(t);
     t = tk_sign("ES256", w->late, NULL, 0, "ec-1", c); /* right kid, wrong key */
@@ -362,11 +306,11 @@ static void test_every_refusal(void **state)
 
     /* 404, 405 */
     char *u = url(&d, "/nope");
-    expect_error(w, http("GET", u, NULL, NULL, 0), 404, "not_found");
+    expect_error(w, rp_test_request("GET", u, NULL, NULL, 0), 404, "not_found");
     free(u);
     u = url(&d, "/v1/chat");
-    r = http("GET", u, NULL, NULL, 0);
-    assert_true(has_header(&r, "Allow: POST"));
+    r = rp_test_request("GET", u, NULL, NULL, 0);
+    assert_true(rp_test_resp_has_header(&r, "Allow: POST"));
     expect_error(w, r, 405, "method_not_allowed");
     free(u);
     r = get_job(&d, good, "not-a-uuid");
@@ -419,9 +363,9 @@ static void test_accept_status_and_answer(void **state)
                                          "ragpool.jobs where id = '%s'",
                                          id) == 3);
     /* Its owner sees it queued; anyone else gets 404. */
-    resp_t r = get_job(&d, a, id);
+    rp_test_resp_t r = get_job(&d, a, id);
     rp_test_assert(w->t, r.status == 200 && strstr(r.body, "\"status\":\"queued\"") != NULL);
-    resp_free(&r);
+    rp_test_resp_free(&r);
     expect_error(w, get_job(&d, b, id), 404, "not_found");
     expect_error(w, get_job(&d, a, "00000000-0000-4000-8000-00000000dead"), 404, "not_found");
 
@@ -457,7 +401,7 @@ static void test_accept_status_and_answer(void **state)
     rp_test_assert(w->t, json_string_length(json_object_get(ans, "response")) > 0);
     rp_test_assert(w->t, json_is_array(json_object_get(ans, "context_used")));
     json_decref(j);
-    resp_free(&r);
+    rp_test_resp_free(&r);
     expect_error(w, get_job(&d, b, id), 404, "not_found");
     stop_clean(w, &d);
     free(id);
@@ -499,8 +443,8 @@ static void test_rate_limit(void **state)
     char *a = hs_token(USER_A, "authenticated", "authenticated", 3600);
     free(expect_accepted(w, chat(&d, a, J, NULL, body)));
     free(expect_accepted(w, chat(&d, a, J, NULL, body)));
-    resp_t r = chat(&d, a, J, NULL, body);
-    rp_test_assert(w->t, has_header(&r, "Retry-After: "));
+    rp_test_resp_t r = chat(&d, a, J, NULL, body);
+    rp_test_assert(w->t, rp_test_resp_has_header(&r, "Retry-After: "));
     expect_error(w, r, 429, "rate_limited");
     rp_test_assert(w->t, jobs_count(w) == 2);
 
@@ -518,11 +462,11 @@ static void test_rate_limit(void **state)
     expect_error(w, chat(&d1, u, J, NULL, body), 429, "rate_limited");
     expect_error(w, chat(&d2, u, J, NULL, body), 429, "rate_limited");
     char *m = url(&d1, "/metrics");
-    resp_t mr = http("GET", m, NULL, NULL, 0);
+    rp_test_resp_t mr = rp_test_request("GET", m, NULL, NULL, 0);
     rp_test_assert(w->t, strstr(mr.body, "ragpool_dispatcher_rate_limited_total 1") != NULL);
     rp_test_assert(w->t,
                    strstr(mr.body, "ragpool_dispatcher_rate_limit_fallbacks_total 0") != NULL);
-    resp_free(&mr);
+    rp_test_resp_free(&mr);
     free(m);
     stop_clean(w, &d);
     stop_clean(w, &d1);
@@ -540,15 +484,15 @@ static void test_health_metrics_cors_sigterm(void **state)
     free(expect_accepted(w, chat(&d, a, "application/json", NULL, "{\"message\":\"m\"}")));
 
     char *u = url(&d, "/healthz");
-    resp_t r = http("GET", u, NULL, NULL, 0);
+    rp_test_resp_t r = rp_test_request("GET", u, NULL, NULL, 0);
     rp_test_assert(w->t, r.status == 200 && strstr(r.body, "\"postgres\":\"up\"") != NULL);
-    resp_free(&r);
+    rp_test_resp_free(&r);
     free(u);
 
     u = url(&d, "/metrics");
-    r = http("GET", u, NULL, NULL, 0);
+    r = rp_test_request("GET", u, NULL, NULL, 0);
     rp_test_assert(w->t, r.status == 200);
-    rp_test_assert(w->t, has_header(&r, "Content-Type: text/plain; version=0.0.4"));
+    rp_test_assert(w->t, rp_test_resp_has_header(&r, "Content-Type: text/plain; version=0.0.4"));
     rp_test_assert(
         w->t, strstr(r.body,
                      "ragpool_dispatcher_requests_total{route=\"chat\",status=\"202\"} 1") != NULL);
@@ -560,23 +504,23 @@ static void test_health_metrics_cors_sigterm(void **state)
             NULL);
     rp_test_assert(w->t, strstr(r.body, "ragpool_queue_jobs{state=\"queued\"} 1") != NULL);
     rp_test_assert(w->t, strstr(r.body, "ragpool_dispatcher_enqueue_errors_total 0") != NULL);
-    resp_free(&r);
+    rp_test_resp_free(&r);
     free(u);
 
     /* CORS preflight, as browsers send it */
     u = url(&d, "/v1/chat");
     const char *pre[] = {"Origin: https://app.example", "Access-Control-Request-Method: POST",
                          NULL};
-    r = http("OPTIONS", u, pre, NULL, 0);
+    r = rp_test_request("OPTIONS", u, pre, NULL, 0);
     rp_test_assert(w->t, r.status == 204);
-    rp_test_assert(w->t, has_header(&r, "Access-Control-Allow-Origin: *"));
+    rp_test_assert(w->t, rp_test_resp_has_header(&r, "Access-Control-Allow-Origin: *"));
     rp_test_assert(
         w->t,
-        has_header(
+        rp_test_resp_has_header(
             &r,
             "Access-Control-Allow-Headers: authorization, x-client-info, apikey, content-type"));
-    rp_test_assert(w->t, has_header(&r, "Access-Control-Allow-Methods:"));
-    resp_free(&r);
+    rp_test_assert(w->t, rp_test_resp_has_header(&r, "Access-Control-Allow-Methods:"));
+    rp_test_resp_free(&r);
     free(u);
 
     /* Postgres unreachable: 503 naming it (start-up does not need it). */
@@ -584,12 +528,12 @@ static void test_health_metrics_cors_sigterm(void **state)
         "DATABASE_URL=postgresql://postgres@127.0.0.1:9/none?connect_timeout=1", NULL};
     disp_t bad = disp_start(w, "dispatcher-nodb", nodb);
     u = url(&bad, "/healthz");
-    r = http("GET", u, NULL, NULL, 0);
+    r = rp_test_request("GET", u, NULL, NULL, 0);
     rp_test_assert(w->t, r.status == 503 && strstr(r.body, "\"postgres\":\"down\"") != NULL);
-    resp_free(&r);
+    rp_test_resp_free(&r);
     free(u);
     /* ... and a chat request to it is 503, not lost silently */
-    resp_t c = chat(&bad, a, "application/json", NULL, "{\"message\":\"m\"}");
+    rp_test_resp_t c = chat(&bad, a, "application/json", NULL, "{\"message\":\"m\"}");
     expect_error(w, c, 503, "queue_unavailable");
 
     /* SIGTERM: a clean stop */

@@ -48,6 +48,7 @@
 #include <jansson.h>
 
 #include "request.h" /* rp_idempotency_job_id: the dispatcher's ids */
+#include "test_request.h"
 #include "test_fixture.h"
 #include "../unit/common/jwt_testkeys.h"
 
@@ -184,67 +185,10 @@ static void edge_stop(rp_test_ctx_t *t, edge_t *e)
 /* ------------------------------------------------------------------ */
 /* HTTP                                                                */
 
-typedef struct resp {
-    long status;
-    char *body;
-    char *headers;
-} resp_t;
-
-static size_t grow(char *p, size_t size, size_t n, void *ud)
-{
-    char **s = ud;
-    size_t old = *s != NULL ? strlen(*s) : 0;
-    char *ns = realloc(*s, old + size * n + 1);
-    memcpy(ns + old, p, size * n);
-    ns[old + size * n] = '\0';
-    *s = ns;
-    return size * n;
-}
-
-/* A blocking request with headers (NULL-terminated "Name: value"). */
-static resp_t http(const char *method, const char *url, const char *const *headers,
-                   const char *body, size_t body_len)
-{
-    resp_t r = {0, strdup(""), strdup("")};
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    for (size_t i = 0; headers != NULL && headers[i] != NULL; i++)
-        h = curl_slist_append(h, headers[i]);
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (body != NULL) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
-    }
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, grow);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, grow);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r.headers);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return r;
-}
-
-static void resp_free(resp_t *r)
-{
-    free(r->body);
-    free(r->headers);
-}
-
-static int has_header(const resp_t *r, const char *line_prefix)
-{
-    return strcasestr(r->headers, line_prefix) != NULL;
-}
 
 /* POST to the function with token, content type and Idempotency-Key (each
  * may be NULL) and body (length len, or strlen when len is 0). */
-static resp_t post(const edge_t *e, const char *token, const char *ctype, const char *idem,
+static rp_test_resp_t post(const edge_t *e, const char *token, const char *ctype, const char *idem,
                    const char *body, size_t len)
 {
     char *auth = NULL, ct[128], ik[400];
@@ -266,7 +210,7 @@ static resp_t post(const edge_t *e, const char *token, const char *ctype, const 
     h[n] = NULL;
     char u[128];
     snprintf(u, sizeof(u), "%s/ai-enqueue", e->base);
-    resp_t r = http("POST", u, h, body, len != 0 ? len : strlen(body));
+    rp_test_resp_t r = rp_test_request("POST", u, h, body, len != 0 ? len : strlen(body));
     free(auth);
     return r;
 }
@@ -288,7 +232,7 @@ static char *hs_token(const char *sub)
 
 /* The answer must be this status with {"error":{"code":code,"message":...}},
  * JSON, with the CORS origin header.  Frees r. */
-static void expect_error(rp_test_ctx_t *t, resp_t r, long status, const char *code)
+static void expect_error(rp_test_ctx_t *t, rp_test_resp_t r, long status, const char *code)
 {
     json_t *j = json_loads(r.body, 0, NULL);
     const char *c = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
@@ -297,18 +241,18 @@ static void expect_error(rp_test_ctx_t *t, resp_t r, long status, const char *co
         rp_test_ctx_dump(t);
         fail_msg("expected %ld %s, got %ld %s", status, code, r.status, r.body);
     }
-    if (!has_header(&r, "Content-Type: application/json") ||
-        !has_header(&r, "Access-Control-Allow-Origin: *")) {
+    if (!rp_test_resp_has_header(&r, "Content-Type: application/json") ||
+        !rp_test_resp_has_header(&r, "Access-Control-Allow-Origin: *")) {
         rp_test_ctx_dump(t);
         fail_msg("an error without JSON or CORS headers: %s", r.headers);
     }
     json_decref(j);
-    resp_free(&r);
+    rp_test_resp_free(&r);
 }
 
 /* The answer must be 202 {"job_id": uuid, "status": "queued"}; returns the
  * parsed body (owned: json_decref).  Frees r. */
-static json_t *expect_accepted(rp_test_ctx_t *t, resp_t r)
+static json_t *expect_accepted(rp_test_ctx_t *t, rp_test_resp_t r)
 {
     json_t *j = json_loads(r.body, 0, NULL);
     const char *id = json_string_value(json_object_get(j, "job_id"));
@@ -318,12 +262,12 @@ static json_t *expect_accepted(rp_test_ctx_t *t, resp_t r)
         rp_test_ctx_dump(t);
         fail_msg("expected 202 queued, got %ld %s", r.status, r.body);
     }
-    rp_test_assert(t, has_header(&r, "Access-Control-Allow-Origin: *"));
-    resp_free(&r);
+    rp_test_assert(t, rp_test_resp_has_header(&r, "Access-Control-Allow-Origin: *"));
+    rp_test_resp_free(&r);
     return j;
 }
 
-static char *accepted_id(rp_test_ctx_t *t, resp_t r)
+static char *accepted_id(rp_test_ctx_t *t, rp_test_resp_t r)
 {
     json_t *j = expect_accepted(t, r);
     char *id = strdup(json_string_value(json_object_get(j, "job_id")));
@@ -404,14 +348,14 @@ static void test_accept_and_answer(void **state)
     snprintf(u, sizeof(u), "%s/ai-enqueue", e.base);
     const char *pre[] = {"Origin: https://app.example", "Access-Control-Request-Method: POST",
                          "Access-Control-Request-Headers: authorization, content-type", NULL};
-    resp_t r = http("OPTIONS", u, pre, NULL, 0);
+    rp_test_resp_t r = rp_test_request("OPTIONS", u, pre, NULL, 0);
     rp_test_assert(t, r.status == 200 && strcmp(r.body, "ok") == 0);
-    rp_test_assert(t, has_header(&r, "Access-Control-Allow-Origin: *"));
+    rp_test_assert(t, rp_test_resp_has_header(&r, "Access-Control-Allow-Origin: *"));
     rp_test_assert(
-        t, has_header(&r, "Access-Control-Allow-Headers: authorization, x-client-info, apikey, "
+        t, rp_test_resp_has_header(&r, "Access-Control-Allow-Headers: authorization, x-client-info, apikey, "
                           "content-type"));
-    rp_test_assert(t, has_header(&r, "Access-Control-Allow-Methods: POST, OPTIONS"));
-    resp_free(&r);
+    rp_test_assert(t, rp_test_resp_has_header(&r, "Access-Control-Allow-Methods: POST, OPTIONS"));
+    rp_test_resp_free(&r);
 
     edge_stop(t, &e);
     rp_test_assert(t, rp_test_proc_log_count(e.p, "\"202\":3") == 1);
@@ -433,16 +377,16 @@ static void test_every_refusal(void **state)
 
     /* 401: missing, not Bearer, malformed, alg none, RS256, wrong secret,
      * expired, not yet valid, wrong audience, wrong role, no subject. */
-    resp_t r = post(&e, NULL, JSON_CT, NULL, ok, 0);
-    rp_test_assert(t, has_header(&r, "WWW-Authenticate: Bearer realm=\"ragpool\""));
+    rp_test_resp_t r = post(&e, NULL, JSON_CT, NULL, ok, 0);
+    rp_test_assert(t, rp_test_resp_has_header(&r, "WWW-Authenticate: Bearer realm=\"ragpool\""));
     expect_error(t, r, 401, "missing_token");
     char u[128];
     snprintf(u, sizeof(u), "%s/ai-enqueue", e.base);
     const char *basic[] = {"Authorization: Basic dXNlcjpwYXNz", "Content-Type: application/json",
                            NULL};
-    expect_error(t, http("POST", u, basic, ok, strlen(ok)), 401, "missing_token");
+    expect_error(t, rp_test_request("POST", u, basic, ok, strlen(ok)), 401, "missing_token");
     r = post(&e, "not-a-jwt", JSON_CT, NULL, ok, 0);
-    rp_test_assert(t, has_header(&r, "error=\"invalid_token\""));
+    rp_test_assert(t, rp_test_resp_has_header(&r, "error=\"invalid_token\""));
     expect_error(t, r, 401, "invalid_token");
     char *c = tk_claims(USER_A, "authenticated", "authenticated", now, 3600, NULL);
     char *tok = tk_sign("none", NULL, NULL, 0, NULL, c);
@@ -496,8 +440,8 @@ static void test_every_refusal(void **state)
     free(tok);
 
     /* 405 with Allow */
-    r = http("GET", u, NULL, NULL, 0);
-    rp_test_assert(t, has_header(&r, "Allow: POST"));
+    r = rp_test_request("GET", u, NULL, NULL, 0);
+    rp_test_assert(t, rp_test_resp_has_header(&r, "Allow: POST"));
     expect_error(t, r, 405, "method_not_allowed");
 
     /* 415, 400, 422, 413 */
@@ -565,8 +509,8 @@ static void test_queue_unavailable(void **state)
                                        "RAGPOOL_ENQUEUE_TIMEOUT_MS=3000", NULL};
     edge_t e = edge_start(t, "ai-enqueue-nodb", nodb);
     char *a = hs_token(USER_A);
-    resp_t r = post(&e, a, JSON_CT, NULL, "{\"message\":\"m\"}", 0);
-    rp_test_assert(t, has_header(&r, "Retry-After: 1"));
+    rp_test_resp_t r = post(&e, a, JSON_CT, NULL, "{\"message\":\"m\"}", 0);
+    rp_test_assert(t, rp_test_resp_has_header(&r, "Retry-After: 1"));
     expect_error(t, r, 503, "queue_unavailable");
     rp_test_assert(t, rp_test_proc_log_count(e.p, "ai-enqueue.enqueue_failed") == 1);
     edge_stop(t, &e);
