@@ -204,13 +204,16 @@ static void group_done(void *data, const rp_pg_res_t *res)
         const char *id = rp_pg_res_value(res, r, 0);
         const char *outcome = rp_pg_res_value(res, r, 1);
         int done = strcmp(outcome, "done") == 0 || strcmp(outcome, "duplicate") == 0;
-        /* Groups are at most a few hundred jobs: a linear match is fine. */
-        for (size_t i = 0; i < op->n; i++) {
-            if (strcmp(op->ids[i], id) == 0) {
-                op->outcomes[i] = done ? RP_OUTCOME_DONE : RP_OUTCOME_LOST;
-                break;
-            }
-        }
+        /* The answers come in the order of the group (the functions scan
+         * their input in order): try that slot first, and search only when
+         * it does not match -- a linear search per row made matching a
+         * group of 1,024 half of the worker's CPU on the drain benchmark. */
+        size_t i = (size_t)r;
+        if (i >= op->n || strcmp(op->ids[i], id) != 0)
+            for (i = 0; i < op->n && strcmp(op->ids[i], id) != 0; i++)
+                ;
+        if (i < op->n)
+            op->outcomes[i] = done ? RP_OUTCOME_DONE : RP_OUTCOME_LOST;
     }
     op_answered(op);
 }

@@ -533,7 +533,10 @@ static void maybe_claim(rp_worker_t *w)
     int rc = w->queue->vtbl->claim(w->queue, want, claim_done, w);
     if (rc != 0) {
         w->claim_inflight = 0;
-        rp_log_error("claim.failed", NULL, "cannot send the claim: %s", rp_strerror(rc));
+        /* RP_EIO: the queue is not up yet (Redis before its consumer group
+         * exists, or while Postgres is down); its wake-up claims again. */
+        rp_log(rc == RP_EIO ? RP_LOG_DEBUG : RP_LOG_ERROR, "claim.failed", NULL,
+               "cannot send the claim: %s", rp_strerror(rc));
     }
 }
 
