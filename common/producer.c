@@ -16,10 +16,13 @@
  *     one row per element, in order, so row i belongs to request i; an
  *     element the database refuses (a user id of the wrong type for this
  *     database) is answered RP_EINVAL alone.
- *   - Redis: sends each request as one EVALSHA of a small script that, in
- *     one atomic step, returns the entry id already recorded under
- *     <stream>:idem:<job id> or XADDs the job and records its entry id
- *     there for a day; rp_redis pipelines them.  Until the script's SHA is
+ *   - Redis: sends up to max_batch requests as one EVALSHA of a small
+ *     script that, for each job in turn, finds the entry id already
+ *     recorded under <stream>:idem:<job id> or XADDs the job and records
+ *     its entry id there for a day, and answers per job (so one refused
+ *     XADD fails its own request only).  A turn's batches go out in one
+ *     write (rp_redis pipelines); one script call per batch instead of per
+ *     job is what keeps Redis cheap per job.  Until the script's SHA is
  *     known (SCRIPT LOAD at start) and after a NOSCRIPT answer (a restarted
  *     server), EVAL carries the script itself.
  * A request's deadline (opts.timeout_ms) runs from rp_producer_enqueue:
@@ -47,14 +50,33 @@
 #define PG_MAX_BATCHES 2
 #define IDEM_TTL_S "86400"
 
-/* KEYS[1] = idempotency key, KEYS[2] = stream; ARGV[1] = the job
- * (msgpack), ARGV[2] = the idempotency key's lifetime in seconds.
- * Returns {0, entry id} for a new entry, {1, entry id} for a repeat. */
-static const char IDEM_SCRIPT[] = "local prev = redis.call('GET', KEYS[1])\n"
-                                  "if prev then return {1, prev} end\n"
-                                  "local id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])\n"
-                                  "redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[2]))\n"
-                                  "return {0, id}\n";
+/* One call enqueues a batch.  KEYS[1] = the stream, KEYS[1+i] = job i's
+ * idempotency key for the first k jobs (those whose id the caller chose);
+ * ARGV[1] = the keys' lifetime in seconds, ARGV[1+i] = job i (msgpack).
+ * Answers one element per job, in order: 1 when the key already names an
+ * entry (a repeat: nothing added), 0 when the job was added (XADD, then
+ * its entry id recorded under its key, if it has one), or the error text
+ * Redis gave for that job's XADD (nothing added for it; e.g. OOM).  A
+ * repeat inside one batch is seen too: the first one set the key.  Jobs
+ * whose id the producer generated have no key: nobody else knows the id,
+ * so nothing could repeat it, and Redis keeps no key per job for a day. */
+static const char ENQUEUE_SCRIPT[] =
+    "local out = {}\n"
+    "for i = 2, #ARGV do\n"
+    "  local key = KEYS[i]\n"
+    "  if key and redis.call('GET', key) then\n"
+    "    out[i - 1] = 1\n"
+    "  else\n"
+    "    local id = redis.pcall('XADD', KEYS[1], '*', 'job', ARGV[i])\n"
+    "    if type(id) == 'table' then\n"
+    "      out[i - 1] = id.err or 'XADD failed'\n"
+    "    else\n"
+    "      if key then redis.pcall('SET', key, id, 'EX', ARGV[1]) end\n"
+    "      out[i - 1] = 0\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 typedef enum { BACKEND_PG = 0, BACKEND_REDIS } backend_t;
 
@@ -69,7 +91,7 @@ struct prod_req {
     char *body; /* Postgres: the batch element (JSON); Redis: the job (msgpack) */
     size_t body_len;
     char *refused; /* validation failure: the message */
-    int eval;      /* Redis: sent as EVAL (script text included) */
+    int keyed;     /* Redis: the caller chose the job id (an idempotency key) */
 };
 
 typedef struct req_queue {
@@ -99,7 +121,7 @@ struct rp_producer {
     int batches; /* Postgres statements in flight */
     int closing;
     int nclosing; /* handles and connections still closing */
-    uint8_t rnd[256];
+    uint8_t rnd[4096]; /* getrandom bytes for job ids, refilled when used up */
     size_t rnd_used;
     void (*close_cb)(void *data);
     void *close_data;
@@ -290,6 +312,7 @@ static int req_prepare(rp_producer_t *p, prod_req_t *r, const rp_enqueue_t *e)
         for (int i = 0; i < RP_JOB_ID_LEN; i++)
             r->job_id[i] = (char)tolower((unsigned char)e->job_id[i]);
         r->job_id[RP_JOB_ID_LEN] = '\0';
+        r->keyed = 1;
     }
     if (e->max_attempts < 0 || e->max_attempts > RP_JOB_MAX_ATTEMPTS_MAX) {
         rp_err_set(&err, RP_EINVAL, "max_attempts: must be between 1 and %d",
@@ -460,7 +483,15 @@ oom:
 
 /* --------------------------------------------------------------- Redis */
 
-static void redis_send(rp_producer_t *p, prod_req_t *r);
+typedef struct redis_batch {
+    rp_producer_t *p;
+    int eval;     /* sent as EVAL (script text included) */
+    size_t keyed; /* reqs[0 .. keyed) carry idempotency keys */
+    size_t n;
+    prod_req_t *reqs[];
+} redis_batch_t;
+
+static void redis_send(rp_producer_t *p, redis_batch_t *b);
 
 static void script_loaded(void *data, int err, const rp_redis_reply_t *reply)
 {
@@ -478,64 +509,156 @@ static void script_load(rp_producer_t *p)
 {
     if (p->sha_loading || p->closing)
         return;
-    const char *argv[] = {"SCRIPT", "LOAD", IDEM_SCRIPT};
+    const char *argv[] = {"SCRIPT", "LOAD", ENQUEUE_SCRIPT};
     if (rp_redis_command(p->redis, 3, argv, NULL, p->timeout_ms, script_loaded, p) == 0)
         p->sha_loading = 1;
 }
 
+/* Answer every request of b with err and msg, and free b. */
+static void redis_batch_fail(redis_batch_t *b, int err, const char *msg)
+{
+    for (size_t i = 0; i < b->n; i++)
+        req_done(b->reqs[i], err, NULL, 0, msg);
+    free(b);
+}
+
 static void redis_reply_cb(void *data, int err, const rp_redis_reply_t *reply)
 {
-    prod_req_t *r = data;
-    rp_producer_t *p = r->p;
+    redis_batch_t *b = data;
+    rp_producer_t *p = b->p;
     if (err != 0) {
-        req_done(r, err, NULL, 0, NULL);
+        redis_batch_fail(b, err, NULL);
         return;
     }
+    char why[RP_ERR_MSG_MAX];
     if (rp_redis_reply_type(reply) == RP_REDIS_ERROR) {
         const char *msg = rp_redis_reply_str(reply, NULL);
-        if (!r->eval && msg && strncmp(msg, "NOSCRIPT", 8) == 0 && !p->closing) {
+        if (!b->eval && msg && strncmp(msg, "NOSCRIPT", 8) == 0 && !p->closing) {
             /* The server lost its scripts (restart, SCRIPT FLUSH). */
             p->sha[0] = '\0';
             script_load(p);
-            r->eval = 1;
-            redis_send(p, r);
+            b->eval = 1;
+            redis_send(p, b);
             return;
         }
-        char why[RP_ERR_MSG_MAX];
         snprintf(why, sizeof(why), "Redis refused the job: %s", msg ? msg : "error");
-        req_done(r, RP_EDB, NULL, 0, why);
+        redis_batch_fail(b, RP_EDB, why);
         return;
     }
-    const rp_redis_reply_t *flag = rp_redis_reply_at(reply, 0);
-    if (rp_redis_reply_len(reply) != 2 || rp_redis_reply_type(flag) != RP_REDIS_INTEGER) {
-        req_done(r, RP_EPROTO, NULL, 0, "unexpected answer from the enqueue script");
+    if (rp_redis_reply_type(reply) != RP_REDIS_ARRAY || rp_redis_reply_len(reply) != b->n) {
+        redis_batch_fail(b, RP_EPROTO, "unexpected answer from the enqueue script");
         return;
     }
-    req_done(r, 0, NULL, rp_redis_reply_int(flag) == 1, NULL);
+    /* One answer per job, in order: 0 added, 1 already there, or the
+     * error Redis gave for this job's XADD (nothing was added for it). */
+    for (size_t i = 0; i < b->n; i++) {
+        const rp_redis_reply_t *one = rp_redis_reply_at(reply, i);
+        int type = rp_redis_reply_type(one);
+        if (type == RP_REDIS_INTEGER) {
+            req_done(b->reqs[i], 0, NULL, rp_redis_reply_int(one) == 1, NULL);
+        } else if (type == RP_REDIS_STRING) {
+            size_t len = 0;
+            const char *msg = rp_redis_reply_str(one, &len);
+            snprintf(why, sizeof(why), "Redis refused the job: %.*s", (int)(len < 200 ? len : 200),
+                     msg);
+            req_done(b->reqs[i], RP_EDB, NULL, 0, why);
+        } else {
+            req_done(b->reqs[i], RP_EPROTO, NULL, 0, "unexpected answer from the enqueue script");
+        }
+    }
+    free(b);
 }
 
-static void redis_send(rp_producer_t *p, prod_req_t *r)
+/* Send b as one EVALSHA (EVAL until the script's SHA is known): KEYS =
+ * the stream, then the idempotency keys of b's first `keyed` jobs; ARGV =
+ * the keys' lifetime, then every job.  The earliest deadline bounds the
+ * command. */
+static void redis_send(rp_producer_t *p, redis_batch_t *b)
 {
-    char key[512];
-    int kn = snprintf(key, sizeof(key), "%s%s", p->idem_prefix, r->job_id);
-    if (kn < 0 || (size_t)kn >= sizeof(key)) {
-        req_done(r, RP_EINVAL, NULL, 0, "the stream name is too long");
+    size_t n = b->n, k = b->keyed, plen = strlen(p->idem_prefix), klen = plen + RP_JOB_ID_LEN;
+    size_t argc = 5 + k + n;
+    const char **argv = malloc(argc * sizeof(*argv));
+    size_t *lens = malloc(argc * sizeof(*lens));
+    char *keys = malloc(k * klen + 1);
+    if (argv == NULL || lens == NULL || keys == NULL) {
+        free(argv);
+        free(lens);
+        free(keys);
+        redis_batch_fail(b, RP_ENOMEM, NULL);
         return;
     }
     if (p->sha[0] == '\0')
-        r->eval = 1;
-    const char *argv[7] = {r->eval ? "EVAL" : "EVALSHA",
-                           r->eval ? IDEM_SCRIPT : p->sha,
-                           "2",
-                           key,
-                           p->stream,
-                           r->body,
-                           IDEM_TTL_S};
-    size_t lens[7] = {strlen(argv[0]), strlen(argv[1]),   1, (size_t)kn, strlen(p->stream),
-                      r->body_len,     strlen(IDEM_TTL_S)};
-    int rc = rp_redis_command(p->redis, 7, argv, lens, remaining_ms(p, r), redis_reply_cb, r);
+        b->eval = 1;
+    char numkeys[24];
+    snprintf(numkeys, sizeof(numkeys), "%zu", k + 1);
+    size_t a = 0;
+    argv[a] = b->eval ? "EVAL" : "EVALSHA";
+    lens[a] = strlen(argv[a]);
+    a++;
+    argv[a] = b->eval ? ENQUEUE_SCRIPT : p->sha;
+    lens[a] = strlen(argv[a]);
+    a++;
+    argv[a] = numkeys;
+    lens[a++] = strlen(numkeys);
+    argv[a] = p->stream;
+    lens[a++] = strlen(p->stream);
+    for (size_t i = 0; i < k; i++) {
+        char *key = keys + i * klen;
+        memcpy(key, p->idem_prefix, plen);
+        memcpy(key + plen, b->reqs[i]->job_id, RP_JOB_ID_LEN);
+        argv[a] = key;
+        lens[a++] = klen;
+    }
+    argv[a] = IDEM_TTL_S;
+    lens[a++] = sizeof(IDEM_TTL_S) - 1;
+    long timeout = 0;
+    for (size_t i = 0; i < n; i++) {
+        prod_req_t *r = b->reqs[i];
+        argv[a] = r->body;
+        lens[a++] = r->body_len;
+        long left = remaining_ms(p, r);
+        if (i == 0 || left < timeout)
+            timeout = left;
+    }
+    int rc = rp_redis_command(p->redis, (int)argc, argv, lens, timeout, redis_reply_cb, b);
+    free(argv);
+    free(lens);
+    free(keys);
     if (rc != 0)
-        req_done(r, rc, NULL, 0, NULL);
+        redis_batch_fail(b, rc, NULL);
+}
+
+/* Send the pending requests in batches of at most max_batch. */
+static void redis_flush(rp_producer_t *p)
+{
+    while (p->pending.head && !p->closing) {
+        size_t n = p->pending.n < p->max_batch ? p->pending.n : p->max_batch;
+        redis_batch_t *b = malloc(sizeof(*b) + n * sizeof(b->reqs[0]));
+        if (b == NULL) {
+            prod_req_t *r;
+            while ((r = q_pop(&p->pending)) != NULL)
+                req_done(r, RP_ENOMEM, NULL, 0, NULL);
+            return;
+        }
+        b->p = p;
+        b->eval = 0;
+        b->n = n;
+        /* The keyed jobs first (the script pairs them with KEYS), each
+         * group in arrival order. */
+        size_t k = 0;
+        req_queue_t unkeyed = {NULL, NULL, 0};
+        for (size_t i = 0; i < n; i++) {
+            prod_req_t *r = q_pop(&p->pending);
+            if (r->keyed)
+                b->reqs[k++] = r;
+            else
+                q_push(&unkeyed, r);
+        }
+        b->keyed = k;
+        for (prod_req_t *r; (r = q_pop(&unkeyed)) != NULL;)
+            b->reqs[k++] = r;
+        redis_send(p, b);
+    }
 }
 
 /* -------------------------------------------------------------- flushing */
@@ -546,20 +669,8 @@ static void flush_cb(uv_idle_t *h)
     uv_idle_stop(h);
     if (p->closing)
         return;
-    if (p->backend == BACKEND_REDIS) {
-        prod_req_t *r;
-        while ((r = q_pop(&p->pending)) != NULL) {
-            if (r->refused)
-                req_done(r, RP_EINVAL, NULL, 0, r->refused);
-            else
-                redis_send(p, r);
-            if (p->closing)
-                return;
-        }
-        return;
-    }
-    /* Postgres: answer the refused ones, then batch the rest (requests
-     * that the callbacks enqueue go behind the ones kept). */
+    /* Answer the refused ones, then batch the rest (requests that the
+     * callbacks enqueue go behind the ones kept). */
     req_queue_t refused = {NULL, NULL, 0}, keep = {NULL, NULL, 0};
     prod_req_t *r;
     while ((r = q_pop(&p->pending)) != NULL)
@@ -573,6 +684,10 @@ static void flush_cb(uv_idle_t *h)
                 req_done(r, RP_ECANCELED, NULL, 0, NULL);
             return;
         }
+    }
+    if (p->backend == BACKEND_REDIS) {
+        redis_flush(p);
+        return;
     }
     while (p->pending.head && p->batches < PG_MAX_BATCHES && !p->closing)
         pg_send_batch(p);

@@ -4,8 +4,9 @@
  *
  * Postgres: concurrent enqueues are gathered for one loop turn and written
  * by one statement (ragpool.enqueue_chat_batch), so a synchronous-commit
- * server pays one commit for many jobs ("group commit").  Redis: one XADD
- * per job, pipelined, the job encoded in msgpack (docs/REDIS.md).  The
+ * server pays one commit for many jobs ("group commit").  Redis: likewise
+ * gathered, one script call (an XADD per job) per batch, the job encoded in
+ * msgpack (docs/REDIS.md).  The
  * callback runs once the job is durable (committed / written to Redis), or
  * with an error; a refused job leaves nothing behind.
  *
@@ -28,7 +29,7 @@ typedef struct rp_producer_opts {
     const char *redis_url;    /* redis */
     const char *redis_stream; /* default "ragpool:jobs" */
     long timeout_ms;          /* per enqueue; 0 = 10000 */
-    size_t max_batch;         /* postgres: most jobs per statement; 0 = 512 */
+    size_t max_batch;         /* most jobs per statement or script call; 0 = 512 */
 } rp_producer_opts_t;
 
 typedef struct rp_enqueue {

@@ -13,8 +13,9 @@
  *
  * Use enqueueChat() from your own server code (an edge function, an API
  * route): it validates the obvious, encodes the job with msgpack, and adds
- * it with the same idempotency script ragpool's own producer uses, so
- * retrying with the same jobId never makes a second job.
+ * it with the idempotency script of docs/REDIS.md (ragpool's own producer
+ * runs a batched form of it), so retrying with the same jobId never makes
+ * a second job.
  */
 import { Buffer } from "node:buffer";
 import { randomUUID } from "node:crypto";
@@ -65,19 +66,19 @@ export async function enqueueChat(
   userId: string,
   message: string,
   options: ChatOptions = {},
-  jobId: string = randomUUID(),
+  jobId?: string, // your idempotency key; none = a new id, plain XADD
   stream = "ragpool:jobs",
   maxAttempts = 5,
 ): Promise<EnqueueResult> {
   if (!UUID.test(userId) && !INTEGER.test(userId)) throw new Error("user_id: must be a uuid or an integer");
   const bytes = new TextEncoder().encode(message).length;
   if (bytes < 1 || bytes > 32768 || message.includes("\0")) throw new Error("message: must be 1 to 32768 bytes");
-  if (!UUID.test(jobId)) throw new Error("job_id: must be a uuid");
-  jobId = jobId.toLowerCase();
+  if (jobId !== undefined && !UUID.test(jobId)) throw new Error("job_id: must be a uuid");
+  const id = (jobId ?? randomUUID()).toLowerCase();
 
   const job = encode(
     {
-      id: jobId,
+      id,
       kind: "chat",
       payload: { user_id: userId, message, options },
       max_attempts: maxAttempts,
@@ -86,13 +87,14 @@ export async function enqueueChat(
     },
     { ignoreUndefined: true },
   );
-  const [flag, entryId] = await redis.ragpoolEnqueue(
-    `${stream}:idem:${jobId}`,
-    stream,
-    Buffer.from(job.buffer, job.byteOffset, job.byteLength),
-    "86400",
-  );
-  return { jobId, entryId: String(entryId), existing: Number(flag) === 1 };
+  const entry = Buffer.from(job.buffer, job.byteOffset, job.byteLength);
+  if (jobId === undefined) {
+    // Nobody else knows a fresh id: no idempotency key is kept for it.
+    const entryId = await redis.xadd(stream, "*", "job", entry);
+    return { jobId: id, entryId: String(entryId), existing: false };
+  }
+  const [flag, entryId] = await redis.ragpoolEnqueue(`${stream}:idem:${id}`, stream, entry, "86400");
+  return { jobId: id, entryId: String(entryId), existing: Number(flag) === 1 };
 }
 
 async function main(): Promise<number> {

@@ -458,6 +458,118 @@ static void test_redis_noscript(void **state)
     run_finish(&r);
 }
 
+/* The idempotency keys of w's stream. */
+static long long idem_count(world_t *w)
+{
+    long long n = 0;
+    char cursor[32] = "0";
+    do {
+        redisReply *rep =
+            redisCommand(w->rh, "SCAN %s MATCH %s:idem:* COUNT 1000", cursor, w->stream);
+        assert_non_null(rep);
+        snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
+        n += (long long)rep->element[1]->elements;
+        freeReplyObject(rep);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
+/* One batch mixing jobs with and without a caller's id: each is answered
+ * for itself, only the caller's ids leave an idempotency key, a repeat
+ * inside the batch is found, and the rest keep their order in the stream. */
+static void test_redis_mixed_batch(void **state)
+{
+    world_t *w = *state;
+    run_t r;
+    run_init(&r, w, NULL, NULL, 0);
+    const char *k = "0a1b2c3d-0000-4000-8000-00000000000a";
+    const char *l = "0a1b2c3d-0000-4000-8000-00000000000b";
+    rp_enqueue_t jobs[] = {
+        {.user_id = USER, .message = "fresh 1"}, {.user_id = USER, .message = "k", .job_id = k},
+        {.user_id = USER, .message = "fresh 2"}, {.user_id = USER, .message = "k again", .job_id = k},
+        {.user_id = USER, .message = "l", .job_id = l}, {.user_id = USER, .message = "fresh 3"},
+    };
+    slot_t *s = enqueue_all(&r, jobs, 6);
+    for (int i = 0; i < 6; i++)
+        if (s[i].a.err != 0)
+            fail_msg("job %d: %s", i, s[i].a.msg);
+    assert_string_equal(s[1].a.id, k);
+    assert_string_equal(s[3].a.id, k);
+    assert_string_equal(s[4].a.id, l);
+    assert_int_equal(s[1].a.existing, 0);
+    assert_int_equal(s[3].a.existing, 1);
+    assert_int_equal(s[0].a.existing + s[2].a.existing + s[4].a.existing + s[5].a.existing, 0);
+    assert_string_not_equal(s[0].a.id, s[2].a.id);
+    assert_int_equal(queue_count(w), 5);
+    assert_int_equal(idem_count(w), 2);
+    /* The stream holds the answered ids; the fresh ones in arrival order. */
+    redisReply *rep = redisCommand(w->rh, "XRANGE %s - +", w->stream);
+    assert_non_null(rep);
+    assert_int_equal(rep->elements, 5);
+    int fresh_seen = 0;
+    for (size_t e = 0; e < rep->elements; e++) {
+        redisReply *f = rep->element[e]->element[1];
+        assert_int_equal(f->elements, 2);
+        rp_job_envelope_t env;
+        rp_err_t err;
+        assert_int_equal(rp_job_envelope_decode_msgpack(f->element[1]->str, f->element[1]->len,
+                                                        &env, &err),
+                         0);
+        if (strcmp(env.id, k) != 0 && strcmp(env.id, l) != 0) {
+            static const int fresh[] = {0, 2, 5};
+            assert_string_equal(env.id, s[fresh[fresh_seen]].a.id);
+            fresh_seen++;
+        }
+        rp_job_envelope_free(&env);
+    }
+    assert_int_equal(fresh_seen, 3);
+    freeReplyObject(rep);
+    free(s);
+    /* Later, the keyed ids are still known; a fresh job is simply added. */
+    rp_enqueue_t again[2] = {{.user_id = USER, .message = "l later", .job_id = l},
+                             {.user_id = USER, .message = "fresh 4"}};
+    s = enqueue_all(&r, again, 2);
+    assert_int_equal(s[0].a.err, 0);
+    assert_int_equal(s[0].a.existing, 1);
+    assert_int_equal(s[1].a.err, 0);
+    assert_int_equal(s[1].a.existing, 0);
+    free(s);
+    assert_int_equal(queue_count(w), 6);
+    assert_int_equal(idem_count(w), 2);
+    run_finish(&r);
+}
+
+/* Redis refuses every XADD (the stream's key holds a string): each job is
+ * answered with Redis's reason, and no idempotency key is left behind that
+ * would make a retry look like a repeat. */
+static void test_redis_refused(void **state)
+{
+    world_t *w = *state;
+    run_t r;
+    run_init(&r, w, NULL, NULL, 0);
+    freeReplyObject(redisCommand(w->rh, "SET %s not-a-stream", w->stream));
+    rp_enqueue_t jobs[3] = {{.user_id = USER, .message = "a"},
+                            {.user_id = USER, .message = "b",
+                             .job_id = "0a1b2c3d-0000-4000-8000-00000000000c"},
+                            {.user_id = USER, .message = "c"}};
+    slot_t *s = enqueue_all(&r, jobs, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(s[i].a.err, RP_EDB);
+        if (strstr(s[i].a.msg, "Redis refused the job: WRONGTYPE") == NULL)
+            fail_msg("job %d: '%s'", i, s[i].a.msg);
+    }
+    free(s);
+    assert_int_equal(idem_count(w), 0);
+    freeReplyObject(redisCommand(w->rh, "DEL %s", w->stream));
+    /* The same keyed job goes in once the stream is usable. */
+    s = enqueue_all(&r, &jobs[1], 1);
+    assert_int_equal(s[0].a.err, 0);
+    assert_int_equal(s[0].a.existing, 0);
+    free(s);
+    assert_int_equal(queue_count(w), 1);
+    run_finish(&r);
+}
+
 /* ------------------------------------------------------ throughput */
 
 static double cpu_s(void)
@@ -544,6 +656,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unreachable, setup_pg, teardown),
         cmocka_unit_test_setup_teardown(test_unreachable, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_noscript, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_mixed_batch, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_refused, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_throughput, setup_pg, teardown),
         cmocka_unit_test_setup_teardown(test_throughput, setup_redis, teardown),
     };

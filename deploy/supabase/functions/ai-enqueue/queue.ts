@@ -142,18 +142,19 @@ export async function redisQueue(cfg: RedisQueueConfig): Promise<Queue> {
         attempt: 0,
         enqueued_at_ms: Date.now(),
       });
-      let reply: [number, string];
+      const entry = Buffer.from(job.buffer, job.byteOffset, job.byteLength);
       try {
-        reply = await run(
-          `${cfg.stream}:idem:${id}`,
-          cfg.stream,
-          Buffer.from(job.buffer, job.byteOffset, job.byteLength),
-          "86400",
-        );
+        if (jobId === null) {
+          // An id generated here cannot be repeated by anyone: no
+          // idempotency key is kept for it (docs/REDIS.md).
+          await redis.xadd(cfg.stream, "*", "job", entry);
+          return { jobId: id, existing: false };
+        }
+        const reply = await run(`${cfg.stream}:idem:${id}`, cfg.stream, entry, "86400");
+        return { jobId: id, existing: Number(reply[0]) === 1 };
       } catch (e) {
         throw new QueueError("unavailable", (e as Error).message);
       }
-      return { jobId: id, existing: Number(reply[0]) === 1 };
     },
     async close() {
       await redis.quit().catch(() => redis.disconnect());
