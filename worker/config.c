@@ -59,6 +59,9 @@ const rp_cfg_def_t rp_worker_cfg_defs[] = {
      "Most jobs in flight in this process."},
     {"RAGPOOL_CLAIM_BATCH", RP_CFG_INT, F(claim_batch), "64", 1, 10000, 0,
      "Most jobs claimed by one query."},
+    {"RAGPOOL_CLAIMS_IN_FLIGHT", RP_CFG_INT, F(claims_in_flight), "2", 1, 16, 0,
+     "Most claim queries outstanding at once while the queue has a backlog (the last claim "
+     "came back full); one at a time otherwise, and always with the Redis queue."},
     {"RAGPOOL_MATCH_FUNCTION", RP_CFG_STR, F(match_function), "match_finance_knowledge", NORANGE,
      0, "SQL function used for retrieval: (query_embedding, match_threshold, match_count) -> "
         "(id, content, similarity, ...)."},

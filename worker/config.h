@@ -28,6 +28,7 @@ typedef struct rp_worker_cfg {
     long chat_max_tokens;
     long max_inflight;
     long claim_batch;
+    long claims_in_flight;
     char *match_function;
     double match_threshold;
     long match_count;

@@ -18,7 +18,9 @@
  * dropped, never inside a callback chain that still uses it.
  *
  * The pool claims through worker/queue.h (Postgres or Redis), keeps up to
- * RAGPOOL_MAX_INFLIGHT jobs in flight with one claim outstanding at a time,
+ * RAGPOOL_MAX_INFLIGHT jobs in flight with one claim outstanding at a time
+ * (up to RAGPOOL_CLAIMS_IN_FLIGHT while a backlog keeps claims coming back
+ * full, so the pool is fed while a claim runs),
  * and commits finished jobs in groups: while one commit is in flight the next
  * group gathers.  Kinds flush what a loop turn gathered (chat: one
  * embeddings request) from a uv_check handle at the end of the turn.
@@ -488,22 +490,37 @@ static void job_start(rp_worker_t *w, const rp_claimed_t *c)
     rp__job_unref(j);
 }
 
+typedef struct claim_req {
+    rp_worker_t *w;
+    size_t asked;
+    uint64_t wake_seq; /* w->wake_seq when it was sent */
+} claim_req_t;
+
 static void claim_done(void *data, int err, const rp_claimed_t *jobs, size_t n)
 {
-    rp_worker_t *w = data;
-    w->claim_inflight = 0;
+    claim_req_t *c = data;
+    rp_worker_t *w = c->w;
+    size_t asked = c->asked;
+    uint64_t sent_seq = c->wake_seq;
+    free(c);
+    w->claims_out--;
+    w->claims_asked -= asked;
     if (err != 0) {
+        w->claim_full = 0;
         maybe_finish_drain(w);
         return; /* the poll timer or the next wake-up tries again */
     }
     if (rp_log_enabled(RP_LOG_DEBUG))
-        rp_log_debug("claim.done", NULL, "asked %zu, got %zu", w->claim_asked, n);
+        rp_log_debug("claim.done", NULL, "asked %zu, got %zu", asked, n);
     for (size_t i = 0; i < n; i++)
         job_start(w, &jobs[i]);
     /* A full batch means more may be waiting; a short one emptied the
      * queue of due jobs -- unless a wake-up arrived while the claim was in
      * flight: its job may have committed after the claim's snapshot. */
-    if (n < w->claim_asked && w->wake_seq == w->claim_wake_seq && !w->queue->vtbl->claims_block)
+    w->claim_full = n == asked;
+    if (n == asked)
+        w->work_maybe = 1;
+    else if (w->wake_seq == sent_seq && !w->queue->vtbl->claims_block)
         w->work_maybe = 0;
     if (w->draining)
         maybe_finish_drain(w);
@@ -514,29 +531,45 @@ static void claim_done(void *data, int err, const rp_claimed_t *jobs, size_t n)
 static size_t claim_want(rp_worker_t *w)
 {
     size_t cap = (size_t)w->cfg->max_inflight;
-    if (w->inflight >= cap)
+    size_t used = w->inflight + w->claims_asked;
+    if (used >= cap)
         return 0;
-    size_t free_slots = cap - w->inflight;
+    size_t free_slots = cap - used;
     return free_slots < (size_t)w->cfg->claim_batch ? free_slots : (size_t)w->cfg->claim_batch;
 }
 
 static void maybe_claim(rp_worker_t *w)
 {
-    if (!w->ready || w->draining || w->claim_inflight || !w->work_maybe)
-        return;
-    size_t want = claim_want(w);
-    if (want == 0)
-        return;
-    w->claim_inflight = 1;
-    w->claim_asked = want;
-    w->claim_wake_seq = w->wake_seq;
-    int rc = w->queue->vtbl->claim(w->queue, want, claim_done, w);
-    if (rc != 0) {
-        w->claim_inflight = 0;
-        /* RP_EIO: the queue is not up yet (Redis before its consumer group
-         * exists, or while Postgres is down); its wake-up claims again. */
-        rp_log(rc == RP_EIO ? RP_LOG_DEBUG : RP_LOG_ERROR, "claim.failed", NULL,
-               "cannot send the claim: %s", rp_strerror(rc));
+    /* One claim at a time, unless the last one came back full: then up to
+     * RAGPOOL_CLAIMS_IN_FLIGHT, each for a whole batch (SKIP LOCKED keeps
+     * their jobs apart).  The Redis queue's claim blocks: one at a time. */
+    int limit = w->claim_full && !w->queue->vtbl->claims_block ? (int)w->cfg->claims_in_flight : 1;
+    while (w->ready && !w->draining && w->work_maybe && w->claims_out < limit) {
+        size_t want = claim_want(w);
+        if (want == 0 || (w->claims_out > 0 && want < (size_t)w->cfg->claim_batch))
+            return;
+        claim_req_t *c = malloc(sizeof(*c));
+        if (c == NULL) {
+            rp_log_error("claim.failed", NULL, "out of memory");
+            return;
+        }
+        c->w = w;
+        c->asked = want;
+        c->wake_seq = w->wake_seq;
+        w->claims_out++;
+        w->claims_asked += want;
+        int rc = w->queue->vtbl->claim(w->queue, want, claim_done, c);
+        if (rc != 0) {
+            w->claims_out--;
+            w->claims_asked -= want;
+            free(c);
+            /* RP_EIO: the queue is not up yet (Redis before its consumer
+             * group exists, or while Postgres is down); its wake-up claims
+             * again. */
+            rp_log(rc == RP_EIO ? RP_LOG_DEBUG : RP_LOG_ERROR, "claim.failed", NULL,
+                   "cannot send the claim: %s", rp_strerror(rc));
+            return;
+        }
     }
 }
 
@@ -695,7 +728,7 @@ static void maybe_finish_drain(rp_worker_t *w)
 {
     if (!w->draining || w->closing)
         return;
-    if (w->inflight > 0 || w->claim_inflight || w->checking)
+    if (w->inflight > 0 || w->claims_out > 0 || w->checking)
         return;
     close_all(w);
 }

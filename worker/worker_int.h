@@ -128,11 +128,11 @@ struct rp_worker {
     rp__job_list_t lists[RP__JOB_NSTATES];
     size_t inflight; /* jobs not DONE */
 
-    int claim_inflight;
-    size_t claim_asked;
-    int work_maybe;          /* a NOTIFY, poll or full claim says more jobs may be due */
-    uint64_t wake_seq;       /* counts wake-ups (NOTIFY, poll, retry timer, reconnect) */
-    uint64_t claim_wake_seq; /* wake_seq when the claim in flight was sent */
+    int claims_out;      /* claim queries in flight */
+    size_t claims_asked; /* jobs they asked for (counted against RAGPOOL_MAX_INFLIGHT) */
+    int claim_full;      /* the last claim answered came back full: a backlog */
+    int work_maybe;      /* a NOTIFY, poll or full claim says more jobs may be due */
+    uint64_t wake_seq;   /* counts wake-ups (NOTIFY, poll, retry timer, reconnect) */
 
     rp__job_t **embed_pending; /* chat: questions of this loop turn (chat.c) */
     size_t n_embed_pending;

@@ -494,6 +494,47 @@ static void test_lease_expired(void **state)
     free(again);
 }
 
+/* The jobs of one claim share its lease id; another claim -- and a claim
+ * of the same jobs after their lease expired -- draws a new one, so the
+ * earlier holder can no longer finish them. */
+static void test_claim_leases(void **state)
+{
+    (void)state;
+    reset_queue();
+    PQclear(q(conn,
+              "SELECT ragpool.enqueue('chat', jsonb_build_object('user_id', '" USER_A
+              "', 'message', 'm' || g)) FROM generate_series(1, 3) g",
+              0, NULL));
+    PGresult *c1 = claim(conn, 2, 50);
+    assert_int_equal(PQntuples(c1), 2);
+    assert_string_equal(PQgetvalue(c1, 0, 1), PQgetvalue(c1, 1, 1));
+    PGresult *c2 = claim(conn, 1, 30000);
+    assert_int_equal(PQntuples(c2), 1);
+    assert_string_not_equal(PQgetvalue(c2, 0, 1), PQgetvalue(c1, 0, 1));
+    sleep_ms(150);
+    PGresult *c3 = claim(conn, 10, 30000);
+    assert_int_equal(PQntuples(c3), 2); /* the two expired ones, again */
+    assert_string_equal(PQgetvalue(c3, 0, 1), PQgetvalue(c3, 1, 1));
+    assert_string_not_equal(PQgetvalue(c3, 0, 1), PQgetvalue(c1, 0, 1));
+    for (int i = 0; i < 2; i++) {
+        const char *id = PQgetvalue(c3, i, 0);
+        char *o = complete_one(conn, id, PQgetvalue(c1, 0, 1));
+        assert_string_equal(o, "lost_lease");
+        free(o);
+        o = complete_one(conn, id, PQgetvalue(c3, i, 1));
+        assert_string_equal(o, "done");
+        free(o);
+    }
+    char *o = complete_one(conn, PQgetvalue(c2, 0, 0), PQgetvalue(c2, 0, 1));
+    assert_string_equal(o, "done");
+    free(o);
+    assert_qv(conn, "3", "SELECT count(*) FROM public.conversations", 0, NULL);
+    assert_qv(conn, "0", "SELECT count(*) FROM ragpool.jobs", 0, NULL);
+    PQclear(c1);
+    PQclear(c2);
+    PQclear(c3);
+}
+
 static void test_skip_locked(void **state)
 {
     (void)state;
@@ -816,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_schema),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_lost_lease),
+        cmocka_unit_test(test_claim_leases),
         cmocka_unit_test(test_fail_transient),
         cmocka_unit_test(test_fail_max_attempts),
         cmocka_unit_test(test_fail_permanent),
