@@ -27,7 +27,7 @@
  *     server), EVAL carries the script itself.
  * A request's deadline (opts.timeout_ms) runs from rp_producer_enqueue:
  * the statement or command carrying it is given what is left of it.
- * Job ids for Redis are generated here (uuid v4 from getrandom); Postgres
+ * Job ids for Redis are generated here (uuid v7: the time, then getrandom bytes); Postgres
  * generates its own for requests without one.
  */
 #include "producer.h"
@@ -177,7 +177,12 @@ static void flush_arm(rp_producer_t *p);
 
 /* ------------------------------------------------------------- job ids */
 
-/* A random (version 4) uuid, lower-case. */
+static int64_t unix_ms(void);
+
+/* A time-ordered (version 7, RFC 9562) uuid, lower-case: 48 bits of Unix
+ * time in milliseconds, then random bits, as ragpool.new_job_id() makes
+ * them in Postgres -- jobs enqueued together are neighbours in the
+ * conversations table's job_id index. */
 static int new_uuid(rp_producer_t *p, char out[RP_JOB_ID_LEN + 1])
 {
     if (p->rnd_used + 16 > sizeof(p->rnd)) {
@@ -194,7 +199,10 @@ static int new_uuid(rp_producer_t *p, char out[RP_JOB_ID_LEN + 1])
     memcpy(b, p->rnd + p->rnd_used, 16);
     memset(p->rnd + p->rnd_used, 0, 16);
     p->rnd_used += 16;
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    uint64_t ms = (uint64_t)unix_ms();
+    for (int i = 0; i < 6; i++)
+        b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x70);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
     static const char hex[] = "0123456789abcdef";
     size_t w = 0;

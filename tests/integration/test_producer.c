@@ -500,6 +500,9 @@ static void test_redis_mixed_batch(void **state)
     assert_int_equal(s[3].a.existing, 1);
     assert_int_equal(s[0].a.existing + s[2].a.existing + s[4].a.existing + s[5].a.existing, 0);
     assert_string_not_equal(s[0].a.id, s[2].a.id);
+    /* generated ids are time-ordered uuids (v7) */
+    assert_int_equal(s[0].a.id[14], '7');
+    assert_int_equal(s[5].a.id[14], '7');
     assert_int_equal(queue_count(w), 5);
     assert_int_equal(idem_count(w), 2);
     /* The stream holds the answered ids; the fresh ones in arrival order. */

@@ -494,6 +494,47 @@ static void test_lease_expired(void **state)
     free(again);
 }
 
+/* Ids ragpool generates are time-ordered (uuid v7: Unix milliseconds, then
+ * random bits, RFC 9562 variant); ids a caller gives are kept. */
+static void test_job_ids(void **state)
+{
+    (void)state;
+    reset_queue();
+    /* version 7, RFC 9562 variant, the clock within 5 s, increasing */
+    assert_qv(conn, "t",
+              "WITH a AS (SELECT ragpool.new_job_id()::text AS x), "
+              "w AS (SELECT pg_sleep(0.003) FROM a), "
+              "b AS (SELECT ragpool.new_job_id()::text AS x FROM w) "
+              "SELECT substr(a.x, 15, 1) = '7' AND substr(a.x, 20, 1) IN ('8', '9', 'a', 'b') "
+              "   AND substr(b.x, 15, 1) = '7' AND b.x > a.x "
+              "   AND abs(('x' || lpad(replace(substr(a.x, 1, 13), '-', ''), 16, '0'))::bit(64)::bigint "
+              "           - (extract(epoch FROM clock_timestamp()) * 1000)::bigint) < 5000 "
+              "  FROM a, b",
+              0, NULL);
+    char *e1 = qv(conn, "SELECT ragpool.enqueue('noop', '{}')", 0, NULL);
+    sleep_ms(3);
+    char *e2 = enqueue_chat(conn, USER_A, "second");
+    assert_non_null(e1);
+    assert_non_null(e2);
+    assert_int_equal(e1[14], '7');
+    assert_int_equal(e2[14], '7');
+    assert_true(strcmp(e1, e2) < 0);
+    char *b = qv(conn,
+                 "SELECT job_id::text FROM ragpool.enqueue_chat_batch('[{\"user_id\": \"" USER_A
+                 "\", \"message\": \"third\"}]')",
+                 0, NULL);
+    assert_non_null(b);
+    assert_int_equal(b[14], '7');
+    assert_true(strcmp(e2, b) < 0);
+    const char *given = "5f0c2a4e-8a39-4d55-9a53-0e8cfb5d2a61";
+    const char *pg[] = {given};
+    assert_qv(conn, given, "SELECT ragpool.enqueue('noop', '{}', $1::uuid)", 1, pg);
+    assert_qv(conn, "4", "SELECT count(*) FROM ragpool.jobs", 0, NULL);
+    free(e1);
+    free(e2);
+    free(b);
+}
+
 /* The jobs of one claim share its lease id; another claim -- and a claim
  * of the same jobs after their lease expired -- draws a new one, so the
  * earlier holder can no longer finish them. */
@@ -858,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_lost_lease),
         cmocka_unit_test(test_claim_leases),
+        cmocka_unit_test(test_job_ids),
         cmocka_unit_test(test_fail_transient),
         cmocka_unit_test(test_fail_max_attempts),
         cmocka_unit_test(test_fail_permanent),
