@@ -31,6 +31,7 @@ typedef struct rp_cli_cfg {
     char *queue;        /* RAGPOOL_QUEUE: enqueue's default queue */
     char *redis_url;    /* REDIS_URL */
     char *redis_stream; /* RAGPOOL_REDIS_STREAM */
+    char *redis_group;  /* RAGPOOL_REDIS_GROUP */
 } rp_cli_cfg_t;
 
 /* Connect to cfg->database_url (blocking), with client notices off.

@@ -32,11 +32,15 @@ static const rp_cfg_def_t cli_cfg_defs[] = {
      "Embedding dimensions: the size of finance_knowledge.embedding created by migrate, and "
      "the `dimensions` asked of the embeddings API."},
     {"RAGPOOL_QUEUE", RP_CFG_STR, offsetof(rp_cli_cfg_t, queue), "postgres", 0, -1, 0,
-     "The queue enqueue writes to when --queue is not given: postgres or redis."},
+     "The queue enqueue, status and dead use when --queue is not given: postgres or redis."},
     {"REDIS_URL", RP_CFG_STR, offsetof(rp_cli_cfg_t, redis_url), NULL, 0, -1, RP_CFG_SECRET,
-     "redis://[[user]:password@]host[:port][/db]; required by enqueue --queue redis."},
+     "redis://[[user]:password@]host[:port][/db]; required with --queue redis."},
     {"RAGPOOL_REDIS_STREAM", RP_CFG_STR, offsetof(rp_cli_cfg_t, redis_stream), "ragpool:jobs", 0,
-     -1, 0, "The stream enqueue --queue redis adds to."},
+     -1, 0,
+     "The stream of the redis queue (enqueue adds to it; status and dead read it, "
+     "<stream>:delayed and <stream>:dead)."},
+    {"RAGPOOL_REDIS_GROUP", RP_CFG_STR, offsetof(rp_cli_cfg_t, redis_group), "ragpool", 0, -1, 0,
+     "The workers' consumer group (status counts its pending entries as running)."},
 };
 #define CLI_NCFG (sizeof(cli_cfg_defs) / sizeof(cli_cfg_defs[0]))
 

@@ -10,23 +10,28 @@
 #include <string.h>
 
 #include "cli.h"
+#include "job.h"
+#include "redis_queue.h"
 #include "reembed.h"
 
 void rp_cli_status_usage(FILE *f)
 {
-    fprintf(f, "ragpool status [--json]\n"
+    fprintf(f, "ragpool status [--json] [--queue postgres|redis]\n"
                "    Jobs queued (due now), scheduled (waiting to retry), running, dead letters,\n"
-               "    and conversations rows (done, error) written in the last minute.\n");
+               "    and conversations rows (done, error) written in the last minute.  With the\n"
+               "    redis queue: the stream's undelivered entries, pending entries (running),\n"
+               "    <stream>:delayed and <stream>:dead.\n");
 }
 
 void rp_cli_dead_usage(FILE *f)
 {
-    fprintf(f, "ragpool dead list [--limit N] [--json]\n"
+    fprintf(f, "ragpool dead list [--limit N] [--json] [--queue postgres|redis]\n"
                "    The newest dead-lettered jobs (default 20): id, kind, attempts, reason,\n"
-               "    last error, when.\n"
-               "ragpool dead retry (ID | --all)\n"
+               "    last error, when (ragpool.dead_jobs, or <stream>:dead for redis).\n"
+               "ragpool dead retry (ID | --all) [--queue postgres|redis]\n"
                "    Move one (or every) dead job back to the queue with its attempts reset;\n"
-               "    the error row it left in conversations is removed.\n");
+               "    the error row it left in conversations is removed.\n"
+               "--queue defaults to $RAGPOOL_QUEUE (postgres).\n");
 }
 
 /* Prints one JSON value (taking ownership of it) on stdout. */
@@ -47,11 +52,26 @@ static int print_json(json_t *v)
     return RP_CLI_OK;
 }
 
-static int parse_json_flag(int argc, char **argv, int *json, long *limit)
+/* --queue's value, checked: "postgres" or "redis"; NULL when wrong. */
+static const char *check_queue(const char *q)
+{
+    if (q != NULL && (strcmp(q, "postgres") == 0 || strcmp(q, "redis") == 0))
+        return q;
+    fprintf(stderr, "ragpool: the queue must be postgres or redis, not '%s'\n", q ? q : "");
+    return NULL;
+}
+
+static const char *default_queue(const rp_cli_cfg_t *cfg)
+{
+    return cfg->queue != NULL && cfg->queue[0] != '\0' ? cfg->queue : "postgres";
+}
+
+static int parse_json_flag(int argc, char **argv, int *json, long *limit, const char **queue)
 {
     static const struct option opts[] = {
         {"json", no_argument, NULL, 'j'},
         {"limit", required_argument, NULL, 'l'},
+        {"queue", required_argument, NULL, 'q'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -59,6 +79,9 @@ static int parse_json_flag(int argc, char **argv, int *json, long *limit)
         switch (c) {
         case 'j':
             *json = 1;
+            break;
+        case 'q':
+            *queue = optarg;
             break;
         case 'l': {
             char *end = NULL;
@@ -78,16 +101,38 @@ static int parse_json_flag(int argc, char **argv, int *json, long *limit)
         fprintf(stderr, "ragpool: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
+    return check_queue(*queue) != NULL ? 0 : -1;
+}
+
+/* The Redis queue's counts in the shape of ragpool.queue_stats(), so
+ * the same printing serves both queues. */
+static int redis_counts(const rp_cli_cfg_t *cfg, char vals[4][32], char *oldest, size_t cap)
+{
+    rp_cli_redis_counts_t n;
+    const char *group = cfg->redis_group != NULL && cfg->redis_group[0] ? cfg->redis_group
+                                                                         : "ragpool";
+    if (rp_cli_redis_status(cfg, group, &n) != RP_CLI_OK)
+        return -1;
+    snprintf(vals[0], 32, "%lld", n.queued);
+    snprintf(vals[1], 32, "%lld", n.scheduled);
+    snprintf(vals[2], 32, "%lld", n.running);
+    snprintf(vals[3], 32, "%lld", n.dead);
+    snprintf(oldest, cap, "%.1f", n.oldest_s);
     return 0;
 }
 
 int rp_cli_status(const rp_cli_cfg_t *cfg, int argc, char **argv)
 {
     int json = 0;
-    if (parse_json_flag(argc, argv, &json, NULL) != 0) {
+    const char *queue = default_queue(cfg);
+    if (parse_json_flag(argc, argv, &json, NULL, &queue) != 0) {
         rp_cli_status_usage(stderr);
         return RP_CLI_USAGE;
     }
+    int redis = strcmp(queue, "redis") == 0;
+    char rvals[4][32], roldest[32];
+    if (redis && redis_counts(cfg, rvals, roldest, sizeof(roldest)) != 0)
+        return RP_CLI_FAIL;
     PGconn *conn = rp_cli_connect(cfg);
     if (conn == NULL)
         return RP_CLI_FAIL;
@@ -106,27 +151,41 @@ int rp_cli_status(const rp_cli_cfg_t *cfg, int argc, char **argv)
         0, NULL);
     if (res == NULL)
         goto out;
+    /* Columns 0-3 and 6 describe the queue (Postgres' unless redis). */
+    const char *v[7];
+    for (int i = 0; i < 7; i++)
+        v[i] = PQgetvalue(res, 0, i);
+    if (redis) {
+        for (int i = 0; i < 4; i++)
+            v[i] = rvals[i];
+        v[6] = roldest;
+    }
     static const char *const names[] = {"queued",        "scheduled",       "running",     "dead",
                                         "done_last_min", "errors_last_min", "oldest_due_s"};
     if (json) {
         json_t *o = json_object();
-        for (int i = 0; i < 7 && o != NULL; i++) {
-            const char *v = PQgetvalue(res, 0, i);
+        if (o != NULL)
+            json_object_set_new(o, "queue", json_string(queue));
+        for (int i = 0; i < 7 && o != NULL; i++)
             json_object_set_new(o, names[i],
-                                i == 6 ? json_real(strtod(v, NULL))
-                                       : json_integer(strtoll(v, NULL, 10)));
-        }
+                                i == 6 ? json_real(strtod(v[i], NULL))
+                                       : json_integer(strtoll(v[i], NULL, 10)));
         int batches = o != NULL ? rp_cli_reembed_status(conn, o) : 0;
         rc = print_json(o);
         if (batches != 0)
             rc = RP_CLI_FAIL;
     } else {
-        printf("queue:   %s queued, %s scheduled (retry later), %s running\n",
-               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
-        printf("oldest:  %s s waiting\n", PQgetvalue(res, 0, 6));
-        printf("dead:    %s dead letters (ragpool dead list)\n", PQgetvalue(res, 0, 3));
-        printf("answers: %s done, %s errors in the last minute\n", PQgetvalue(res, 0, 4),
-               PQgetvalue(res, 0, 5));
+        if (redis)
+            printf("queue:   %s waiting in %s, %s scheduled (retry later), %s running "
+                   "(pending)\n",
+                   v[0], cfg->redis_stream, v[1], v[2]);
+        else
+            printf("queue:   %s queued, %s scheduled (retry later), %s running\n", v[0], v[1],
+                   v[2]);
+        printf("oldest:  %s s %s\n", v[6], redis ? "since the oldest entry was added" : "waiting");
+        printf("dead:    %s dead letters (ragpool dead list%s)\n", v[3],
+               redis ? " --queue redis" : "");
+        printf("answers: %s done, %s errors in the last minute\n", v[4], v[5]);
         rc = rp_cli_reembed_status(conn, NULL) == 0 ? RP_CLI_OK : RP_CLI_FAIL;
     }
     PQclear(res);
@@ -135,14 +194,20 @@ out:
     return rc;
 }
 
-static int dead_list(PGconn *conn, int argc, char **argv)
+static int dead_list(const rp_cli_cfg_t *cfg, int argc, char **argv)
 {
     int json = 0;
     long limit = 20;
-    if (parse_json_flag(argc, argv, &json, &limit) != 0) {
+    const char *queue = default_queue(cfg);
+    if (parse_json_flag(argc, argv, &json, &limit, &queue) != 0) {
         rp_cli_dead_usage(stderr);
         return RP_CLI_USAGE;
     }
+    if (strcmp(queue, "redis") == 0)
+        return rp_cli_redis_dead_list(cfg, json, limit);
+    PGconn *conn = rp_cli_connect(cfg);
+    if (conn == NULL)
+        return RP_CLI_FAIL;
     char lim[32];
     snprintf(lim, sizeof(lim), "%ld", limit);
     const char *params[] = {lim};
@@ -152,8 +217,10 @@ static int dead_list(PGconn *conn, int argc, char **argv)
                                 "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
                                 "FROM ragpool.dead_jobs ORDER BY failed_at DESC LIMIT $1::int",
                                 1, params);
-    if (res == NULL)
+    if (res == NULL) {
+        PQfinish(conn);
         return RP_CLI_FAIL;
+    }
     int rc;
     if (json) {
         json_t *a = json_array();
@@ -177,16 +244,22 @@ static int dead_list(PGconn *conn, int argc, char **argv)
         rc = RP_CLI_OK;
     }
     PQclear(res);
+    PQfinish(conn);
     return rc;
 }
 
-static int dead_retry(PGconn *conn, int argc, char **argv)
+static int dead_retry(const rp_cli_cfg_t *cfg, int argc, char **argv)
 {
     const char *id = NULL;
+    const char *queue = default_queue(cfg);
     int all = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--all") == 0)
             all = 1;
+        else if (strcmp(argv[i], "--queue") == 0 && i + 1 < argc)
+            queue = argv[++i];
+        else if (strncmp(argv[i], "--queue=", 8) == 0)
+            queue = argv[i] + 8;
         else if (id == NULL && argv[i][0] != '-')
             id = argv[i];
         else {
@@ -198,9 +271,24 @@ static int dead_retry(PGconn *conn, int argc, char **argv)
         fprintf(stderr, "ragpool dead retry: give one job id or --all\n");
         return RP_CLI_USAGE;
     }
+    if (check_queue(queue) == NULL)
+        return RP_CLI_USAGE;
+    if (id != NULL && !rp_uuid_valid(id)) {
+        fprintf(stderr, "ragpool dead retry: '%s' is not a job id (a uuid)\n", id);
+        return RP_CLI_USAGE;
+    }
+    PGconn *conn = rp_cli_connect(cfg);
+    if (conn == NULL)
+        return RP_CLI_FAIL;
+    if (strcmp(queue, "redis") == 0) {
+        int rc = rp_cli_redis_dead_retry(cfg, conn, id, all);
+        PQfinish(conn);
+        return rc;
+    }
     const char *params[] = {id};
     PGresult *res =
         rp_cli_exec(conn, "retry dead jobs", "SELECT ragpool.retry_dead($1::uuid)", 1, params);
+    PQfinish(conn);
     if (res == NULL)
         return RP_CLI_FAIL;
     long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
@@ -219,11 +307,6 @@ int rp_cli_dead(const rp_cli_cfg_t *cfg, int argc, char **argv)
         rp_cli_dead_usage(stderr);
         return RP_CLI_USAGE;
     }
-    PGconn *conn = rp_cli_connect(cfg);
-    if (conn == NULL)
-        return RP_CLI_FAIL;
-    int rc = strcmp(argv[1], "list") == 0 ? dead_list(conn, argc - 1, argv + 1)
-                                          : dead_retry(conn, argc - 1, argv + 1);
-    PQfinish(conn);
-    return rc;
+    return strcmp(argv[1], "list") == 0 ? dead_list(cfg, argc - 1, argv + 1)
+                                         : dead_retry(cfg, argc - 1, argv + 1);
 }

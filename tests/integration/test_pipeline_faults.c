@@ -168,6 +168,78 @@ static void test_permanent_and_exhausted_failures(void **state)
     rp_test_ctx_pass(t);
 }
 
+/* Run the CLI on the test's queue; returns its exit status, *out its output. */
+static int cli(rp_test_ctx_t *t, const char *name, const char *const *args, char **out)
+{
+    const char *argv[12];
+    const char *env[8];
+    int a = 0, k = 0;
+    char *db_env;
+    if (asprintf(&db_env, "DATABASE_URL=%s", t->db_url) < 0) {
+        fail_msg("out of memory");
+    }
+    argv[a++] = rp_test_bin("RP_CLI_BIN");
+    for (const char *const *p = args; *p != NULL && a < 11; p++) {
+        argv[a++] = *p;
+    }
+    argv[a] = NULL;
+    env[k++] = db_env;
+    for (const char *const *q = t->queue_env; *q != NULL && k < 7; q++) {
+        env[k++] = *q;
+    }
+    env[k] = NULL;
+    int st = rp_test_run(name, argv, env, 60000, out);
+    free(db_env);
+    return st;
+}
+
+/* The operator's view of dead letters, on either queue: `ragpool status`
+ * counts a job that died after its attempts, `ragpool dead list` shows it
+ * with its reason, and `ragpool dead retry` runs it again (attempts reset):
+ * its answer replaces the error row, and the dead letter is gone. */
+static void test_cli_dead_letters(void **state)
+{
+    rp_test_ctx_t *t = rp_test_ctx_new("clidead", NULL);
+    rp_test_job_t flaky = {.user_id = USER_A,
+                           .message = "What is TON token? [[fault:chat:500x2]]",
+                           .max_attempts = 2};
+    char *job, *out = NULL;
+    *state = t;
+    rp_test_worker_start(t, NULL);
+    job = rp_test_enqueue(t, &flaky);
+    wait_row(t, job);
+    assert_dead(t, job, "max_attempts", 2, "500");
+
+    static const char *const status[] = {"status", "--json", NULL};
+    if (cli(t, "cli-status", status, &out) != 0 || strstr(out, "\"dead\": 1,") == NULL ||
+        strstr(out, t->queue) == NULL) {
+        fail_msg("ragpool status --json must count the dead letter; got:\n%s", out);
+    }
+    free(out);
+    static const char *const list[] = {"dead", "list", "--json", NULL};
+    if (cli(t, "cli-dead-list", list, &out) != 0 || strstr(out, job) == NULL ||
+        strstr(out, "\"reason\": \"max_attempts\"") == NULL || strstr(out, "500") == NULL) {
+        fail_msg("ragpool dead list --json must show %s; got:\n%s", job, out);
+    }
+    free(out);
+    const char *retry[] = {"dead", "retry", job, NULL};
+    if (cli(t, "cli-dead-retry", retry, &out) != 0 || strstr(out, "requeued 1 job") == NULL) {
+        fail_msg("ragpool dead retry %s must requeue it; got:\n%s", job, out);
+    }
+    free(out);
+    rp_test_assert(t, rp_test_sql_wait(t->db, RP_TEST_WAIT_MS,
+                                       "select count(*) = 1 from conversations where job_id = "
+                                       "'%s' and status = 'done' and attempts = 1",
+                                       job));
+    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from conversations"), 1);
+    assert_int_equal(rp_test_dead_count(t, NULL), 0);
+    /* Nothing left to retry. */
+    assert_int_equal(cli(t, "cli-dead-retry-again", retry, &out), 1);
+    free(out);
+    free(job);
+    rp_test_ctx_pass(t);
+}
+
 static void test_poison_payloads(void **state)
 {
     rp_test_ctx_t *t = rp_test_ctx_new("poison", NULL);
@@ -255,6 +327,7 @@ int main(void)
         cmocka_unit_test_teardown(test_transient_faults_are_retried, teardown),
         cmocka_unit_test_teardown(test_permanent_and_exhausted_failures, teardown),
         cmocka_unit_test_teardown(test_poison_payloads, teardown),
+        cmocka_unit_test_teardown(test_cli_dead_letters, teardown),
     };
     rp_test_require_stack("test_pipeline_faults");
     return cmocka_run_group_tests(tests, NULL, NULL);
