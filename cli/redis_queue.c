@@ -25,6 +25,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "buf.h"
 #include "err.h"
 #include "job.h"
 #include "log.h"
@@ -57,17 +58,6 @@ typedef struct rclient {
     char msg[256];
 } rclient_t;
 
-static char *suffixed(const char *s, const char *suffix)
-{
-    size_t a = strlen(s), b = strlen(suffix);
-    char *out = malloc(a + b + 1);
-    if (out != NULL) {
-        memcpy(out, s, a);
-        memcpy(out + a, suffix, b + 1);
-    }
-    return out;
-}
-
 static int rc_open(rclient_t *c, const rp_cli_cfg_t *cfg, const char *cmd)
 {
     memset(c, 0, sizeof(*c));
@@ -77,8 +67,8 @@ static int rc_open(rclient_t *c, const rp_cli_cfg_t *cfg, const char *cmd)
     }
     c->stream = cfg->redis_stream != NULL && cfg->redis_stream[0] != '\0' ? cfg->redis_stream
                                                                            : "ragpool:jobs";
-    c->delayed = suffixed(c->stream, ":delayed");
-    c->dead = suffixed(c->stream, ":dead");
+    c->delayed = rp_str_concat(c->stream, ":delayed");
+    c->dead = rp_str_concat(c->stream, ":dead");
     if (c->delayed == NULL || c->dead == NULL || uv_loop_init(&c->loop) != 0) {
         fprintf(stderr, "ragpool %s: out of memory\n", cmd);
         free(c->delayed);

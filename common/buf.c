@@ -142,3 +142,14 @@ void rp_buf_free(rp_buf_t *b)
     b->len = b->cap = 0;
     b->failed = 0;
 }
+
+char *rp_str_concat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (s != NULL) {
+        memcpy(s, a, la);
+        memcpy(s + la, b, lb + 1);
+    }
+    return s;
+}

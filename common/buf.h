@@ -35,4 +35,8 @@ char *rp_buf_take(rp_buf_t *b, size_t *len);
 void rp_buf_reset(rp_buf_t *b); /* len = 0, memory kept */
 void rp_buf_free(rp_buf_t *b);
 
+/* a followed by b, newly allocated (free with free()); NULL when out of
+ * memory.  For URLs, headers and key names built once at start-up. */
+char *rp_str_concat(const char *a, const char *b);
+
 #endif

@@ -753,12 +753,11 @@ rp_producer_t *rp_producer_new(uv_loop_t *loop, const rp_producer_opts_t *opts, 
             goto fail;
         }
         p->stream = strdup(stream);
-        p->idem_prefix = malloc(strlen(stream) + sizeof(":idem:"));
+        p->idem_prefix = rp_str_concat(stream, ":idem:");
         if (p->stream == NULL || p->idem_prefix == NULL) {
             rp_err_set(err, RP_ENOMEM, "out of memory");
             goto fail;
         }
-        sprintf(p->idem_prefix, "%s:idem:", stream);
         rp_redis_opts_t ro = {.command_timeout_ms = p->timeout_ms};
         p->redis = rp_redis_new(loop, opts->redis_url, &ro, err);
         if (p->redis == NULL)

@@ -41,17 +41,6 @@ const char *rp_provider_status_name(rp_provider_status_t s)
     return "unknown";
 }
 
-char *rp__provider_concat(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = malloc(la + lb + 1);
-    if (s != NULL) {
-        memcpy(s, a, la);
-        memcpy(s + la, b, lb + 1);
-    }
-    return s;
-}
-
 void rp__provider_http_error(rp_provider_result_t *res, const char *what,
                              const rp_http_resp_t *resp)
 {

@@ -41,7 +41,4 @@ extern const rp_provider_ops_t rp__provider_replicate;
 void rp__provider_http_error(rp_provider_result_t *res, const char *what,
                              const rp_http_resp_t *resp);
 
-/* "<a><b>" in a new string, or NULL. */
-char *rp__provider_concat(const char *a, const char *b);
-
 #endif

@@ -221,13 +221,13 @@ static void oa_cancel(rp_provider_call_t *call)
 static int oa_init(rp_provider_t *p, rp_err_t *err)
 {
     const rp_worker_cfg_t *cfg = p->cfg;
-    p->url = rp__provider_concat(cfg->openai_base_url, "/chat/completions");
+    p->url = rp_str_concat(cfg->openai_base_url, "/chat/completions");
     if (p->url == NULL)
         return rp_err_set(err, RP_ENOMEM, "out of memory");
     size_t nh = 0;
     p->headers[nh++] = "Content-Type: application/json";
     if (cfg->openai_api_key != NULL && cfg->openai_api_key[0] != '\0') {
-        p->auth = rp__provider_concat("Authorization: Bearer ", cfg->openai_api_key);
+        p->auth = rp_str_concat("Authorization: Bearer ", cfg->openai_api_key);
         if (p->auth == NULL)
             return rp_err_set(err, RP_ENOMEM, "out of memory");
         p->headers[nh++] = p->auth;

@@ -382,7 +382,7 @@ static int rep_init(rp_provider_t *p, rp_err_t *err)
     while (n > 0 && p->url[n - 1] == '/')
         p->url[--n] = '\0';
     if (cfg->replicate_api_token != NULL && cfg->replicate_api_token[0] != '\0') {
-        p->auth = rp__provider_concat("Authorization: Bearer ", cfg->replicate_api_token);
+        p->auth = rp_str_concat("Authorization: Bearer ", cfg->replicate_api_token);
         if (p->auth == NULL)
             return rp_err_set(err, RP_ENOMEM, "out of memory");
     }

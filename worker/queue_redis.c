@@ -1352,17 +1352,6 @@ static const rp_queue_vtbl_t redis_vtbl = {
     .close = redis_close,
 };
 
-static char *suffixed(const char *base, const char *suffix)
-{
-    size_t a = strlen(base), b = strlen(suffix);
-    char *s = malloc(a + b + 1);
-    if (s != NULL) {
-        memcpy(s, base, a);
-        memcpy(s + a, suffix, b + 1);
-    }
-    return s;
-}
-
 rp_queue_t *rp_queue_redis_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg, rp_pg_t *const *db,
                                size_t ndb, rp_err_t *err)
 {
@@ -1376,8 +1365,8 @@ rp_queue_t *rp_queue_redis_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg, rp_p
     q->cfg = cfg;
     q->db = db;
     q->ndb = ndb;
-    q->delayed = suffixed(cfg->redis_stream, ":delayed");
-    q->dead = suffixed(cfg->redis_stream, ":dead");
+    q->delayed = rp_str_concat(cfg->redis_stream, ":delayed");
+    q->dead = rp_str_concat(cfg->redis_stream, ":dead");
     rp_redis_opts_t copts = {
         .connect_timeout_ms = 5000,
         .command_timeout_ms = cfg->db_timeout_ms,

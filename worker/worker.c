@@ -833,17 +833,6 @@ void rp_worker_stop(rp_worker_t *w)
 /* Construction                                                         */
 /* ------------------------------------------------------------------ */
 
-static char *concat(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = malloc(la + lb + 1);
-    if (s != NULL) {
-        memcpy(s, a, la);
-        memcpy(s + la, b, lb + 1);
-    }
-    return s;
-}
-
 rp_worker_t *rp_worker_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg,
                            rp_worker_stopped_cb on_stopped, void *data, rp_err_t *err)
 {
@@ -867,8 +856,8 @@ rp_worker_t *rp_worker_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg,
         rp_err_set(err, RP_EINVAL, "RAGPOOL_PROMPT_TEMPLATE: %s", inner.msg);
         goto fail;
     }
-    w->embed_url = concat(cfg->openai_base_url, "/embeddings");
-    w->chat_url = concat(cfg->openai_base_url, "/chat/completions");
+    w->embed_url = rp_str_concat(cfg->openai_base_url, "/embeddings");
+    w->chat_url = rp_str_concat(cfg->openai_base_url, "/chat/completions");
     w->embed_pending = calloc((size_t)cfg->embed_batch, sizeof(rp__job_t *));
     if (w->embed_url == NULL || w->chat_url == NULL || w->embed_pending == NULL)
         goto nomem;
@@ -876,7 +865,7 @@ rp_worker_t *rp_worker_new(uv_loop_t *loop, const rp_worker_cfg_t *cfg,
     w->http_headers[nh++] = "Content-Type: application/json";
     w->http_headers[nh++] = "Accept: application/json";
     if (cfg->openai_api_key != NULL && cfg->openai_api_key[0] != '\0') {
-        w->auth_header = concat("Authorization: Bearer ", cfg->openai_api_key);
+        w->auth_header = rp_str_concat("Authorization: Bearer ", cfg->openai_api_key);
         if (w->auth_header == NULL)
             goto nomem;
         w->http_headers[nh++] = w->auth_header;

@@ -165,19 +165,28 @@ static long long queue_count(world_t *w)
     return n;
 }
 
-/* Delete the private stream and its idempotency keys. */
-static void redis_cleanup(world_t *w)
+/* Count (and with del, delete) the idempotency keys of w's stream. */
+static long long idem_keys(world_t *w, int del)
 {
+    long long n = 0;
     char cursor[32] = "0";
     do {
         redisReply *rep =
             redisCommand(w->rh, "SCAN %s MATCH %s:idem:* COUNT 1000", cursor, w->stream);
         assert_non_null(rep);
         snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
-        for (size_t i = 0; i < rep->element[1]->elements; i++)
+        n += (long long)rep->element[1]->elements;
+        for (size_t i = 0; del && i < rep->element[1]->elements; i++)
             freeReplyObject(redisCommand(w->rh, "DEL %s", rep->element[1]->element[i]->str));
         freeReplyObject(rep);
     } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
+/* Delete the private stream and its idempotency keys. */
+static void redis_cleanup(world_t *w)
+{
+    idem_keys(w, 1);
     freeReplyObject(redisCommand(w->rh, "DEL %s", w->stream));
 }
 
@@ -461,17 +470,7 @@ static void test_redis_noscript(void **state)
 /* The idempotency keys of w's stream. */
 static long long idem_count(world_t *w)
 {
-    long long n = 0;
-    char cursor[32] = "0";
-    do {
-        redisReply *rep =
-            redisCommand(w->rh, "SCAN %s MATCH %s:idem:* COUNT 1000", cursor, w->stream);
-        assert_non_null(rep);
-        snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
-        n += (long long)rep->element[1]->elements;
-        freeReplyObject(rep);
-    } while (strcmp(cursor, "0") != 0);
-    return n;
+    return idem_keys(w, 0);
 }
 
 /* One batch mixing jobs with and without a caller's id: each is answered
