@@ -112,6 +112,9 @@ struct rp_producer {
     size_t max_batch;
     char *stream;
     char *idem_prefix; /* "<stream>:idem:" */
+    char *group;       /* the workers' consumer group (rp_producer_depth) */
+    char *delayed;     /* "<stream>:delayed" */
+    char *dead;        /* "<stream>:dead" */
     rp_pg_t *pg;
     rp_redis_t *redis;
     char sha[41]; /* the script's SHA1 once loaded, "" before */
@@ -707,6 +710,117 @@ static void flush_arm(rp_producer_t *p)
         uv_idle_start(&p->flush, flush_cb);
 }
 
+/* ---------------------------------------------------------- queue depth */
+
+typedef struct depth_op {
+    rp_producer_depth_cb cb;
+    void *data;
+    int pending; /* replies still to come */
+    int err;
+    rp_queue_depth_t d;
+} depth_op_t;
+
+static void depth_one(depth_op_t *op, int err, const rp_redis_reply_t *reply, long long *slot,
+                      int nogroup_is_zero)
+{
+    if (err == 0 && rp_redis_reply_type(reply) == RP_REDIS_ERROR) {
+        const char *m = rp_redis_reply_str(reply, NULL);
+        if (!(nogroup_is_zero && m != NULL && strncmp(m, "NOGROUP", 7) == 0))
+            err = RP_EDB;
+    } else if (err == 0 && slot != NULL) {
+        /* XPENDING's summary is an array whose first element is the count. */
+        const rp_redis_reply_t *v =
+            rp_redis_reply_type(reply) == RP_REDIS_ARRAY ? rp_redis_reply_at(reply, 0) : reply;
+        *slot = rp_redis_reply_int(v);
+    }
+    if (err != 0 && op->err == 0)
+        op->err = err;
+    if (--op->pending > 0)
+        return;
+    /* The stream holds the undelivered and the pending entries alike. */
+    op->d.queued = op->d.queued > op->d.running ? op->d.queued - op->d.running : 0;
+    op->cb(op->data, op->err, op->err == 0 ? &op->d : NULL);
+    free(op);
+}
+
+static void depth_xlen(void *data, int err, const rp_redis_reply_t *reply)
+{
+    depth_op_t *op = data;
+    depth_one(op, err, reply, &op->d.queued, 0);
+}
+
+static void depth_delayed(void *data, int err, const rp_redis_reply_t *reply)
+{
+    depth_op_t *op = data;
+    depth_one(op, err, reply, &op->d.scheduled, 0);
+}
+
+static void depth_dead(void *data, int err, const rp_redis_reply_t *reply)
+{
+    depth_op_t *op = data;
+    depth_one(op, err, reply, &op->d.dead, 0);
+}
+
+static void depth_pending(void *data, int err, const rp_redis_reply_t *reply)
+{
+    depth_op_t *op = data;
+    depth_one(op, err, reply, &op->d.running, 1);
+}
+
+int rp_producer_depth(rp_producer_t *p, rp_producer_depth_cb cb, void *data)
+{
+    if (p->closing)
+        return RP_ECLOSED;
+    if (p->backend != BACKEND_REDIS || cb == NULL)
+        return RP_EINVAL;
+    depth_op_t *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        return RP_ENOMEM;
+    op->cb = cb;
+    op->data = data;
+    const char *xlen[] = {"XLEN", p->stream};
+    const char *zcard[] = {"ZCARD", p->delayed};
+    const char *dead[] = {"XLEN", p->dead};
+    const char *pending[] = {"XPENDING", p->stream, p->group};
+    /* Four commands, one write; each answers once, even when sending the
+     * later ones fails. */
+    op->pending = 4;
+    struct {
+        int argc;
+        const char *const *argv;
+        rp_redis_cb cb;
+    } cmds[4] = {{2, xlen, depth_xlen},
+                 {2, zcard, depth_delayed},
+                 {2, dead, depth_dead},
+                 {3, pending, depth_pending}};
+    int sent = 0;
+    for (int i = 0; i < 4; i++) {
+        int rc = rp_redis_command(p->redis, cmds[i].argc, cmds[i].argv, NULL, p->timeout_ms,
+                                  cmds[i].cb, op);
+        if (rc != 0) {
+            if (sent == 0) {
+                free(op);
+                return rc;
+            }
+            /* Count the unsent ones as answered with rc. */
+            op->err = op->err ? op->err : rc;
+            op->pending -= 4 - i;
+            break;
+        }
+        sent++;
+    }
+    return 0;
+}
+
+static void producer_free_names(rp_producer_t *p)
+{
+    free(p->stream);
+    free(p->idem_prefix);
+    free(p->delayed);
+    free(p->dead);
+    free(p->group);
+}
+
 /* ------------------------------------------------------------------ API */
 
 rp_producer_t *rp_producer_new(uv_loop_t *loop, const rp_producer_opts_t *opts, rp_err_t *err)
@@ -754,7 +868,11 @@ rp_producer_t *rp_producer_new(uv_loop_t *loop, const rp_producer_opts_t *opts, 
         }
         p->stream = strdup(stream);
         p->idem_prefix = rp_str_concat(stream, ":idem:");
-        if (p->stream == NULL || p->idem_prefix == NULL) {
+        p->delayed = rp_str_concat(stream, ":delayed");
+        p->dead = rp_str_concat(stream, ":dead");
+        p->group = strdup(opts->redis_group && *opts->redis_group ? opts->redis_group : "ragpool");
+        if (p->stream == NULL || p->idem_prefix == NULL || p->delayed == NULL || p->dead == NULL ||
+            p->group == NULL) {
             rp_err_set(err, RP_ENOMEM, "out of memory");
             goto fail;
         }
@@ -767,8 +885,7 @@ rp_producer_t *rp_producer_new(uv_loop_t *loop, const rp_producer_opts_t *opts, 
     p->flush.data = p;
     return p;
 fail:
-    free(p->stream);
-    free(p->idem_prefix);
+    producer_free_names(p);
     free(p);
     return NULL;
 }
@@ -820,8 +937,7 @@ static void part_closed(void *data)
         return;
     void (*cb)(void *) = p->close_cb;
     void *cdata = p->close_data;
-    free(p->stream);
-    free(p->idem_prefix);
+    producer_free_names(p);
     free(p);
     if (cb)
         cb(cdata);

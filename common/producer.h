@@ -28,6 +28,7 @@ typedef struct rp_producer_opts {
     const char *database_url; /* postgres */
     const char *redis_url;    /* redis */
     const char *redis_stream; /* default "ragpool:jobs" */
+    const char *redis_group;  /* the workers' consumer group, for rp_producer_depth; "ragpool" */
     long timeout_ms;          /* per enqueue; 0 = 10000 */
     size_t max_batch;         /* most jobs per statement or script call; 0 = 512 */
 } rp_producer_opts_t;
@@ -68,6 +69,23 @@ int rp_producer_is_up(const rp_producer_t *p);
  * or RP_EINVAL (e or cb NULL), RP_ENOMEM, RP_ECLOSED without calling cb;
  * a job that fails validation is answered through cb (RP_EINVAL). */
 int rp_producer_enqueue(rp_producer_t *p, const rp_enqueue_t *e, rp_producer_cb cb, void *data);
+/* How many jobs the Redis queue holds, by state: entries of the stream not
+ * delivered yet (queued), delivered and not acknowledged (running: the
+ * group's XPENDING count; 0 before the group exists), retries waiting in
+ * <stream>:delayed (scheduled) and dead letters in <stream>:dead. */
+typedef struct rp_queue_depth {
+    long long queued, scheduled, running, dead;
+} rp_queue_depth_t;
+
+/* err 0 with depth filled, or RP_E* (depth NULL). */
+typedef void (*rp_producer_depth_cb)(void *data, int err, const rp_queue_depth_t *depth);
+
+/* Read the Redis queue's depth (four pipelined commands on the producer's
+ * connection).  Returns 0 (cb will run, never from inside this call), or
+ * RP_EINVAL for a Postgres producer (read ragpool.queue_stats() instead),
+ * RP_ENOMEM, RP_ECLOSED. */
+int rp_producer_depth(rp_producer_t *p, rp_producer_depth_cb cb, void *data);
+
 /* Answer every outstanding enqueue RP_ECANCELED (callbacks run), close the
  * connection and handles; close_cb (may be NULL) runs once all is freed. */
 void rp_producer_close(rp_producer_t *p, void (*close_cb)(void *data), void *data);

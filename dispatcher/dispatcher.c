@@ -738,13 +738,12 @@ static void metrics_answer(rq_t *rq)
     rq_free(rq);
 }
 
-static void on_stats(void *data, const rp_pg_res_t *res)
+/* The queue depth was read (ok) or not: answer the /metrics requests that
+ * waited for it. */
+static void stats_answered(rp_dispatcher_t *d, int ok)
 {
-    rp_dispatcher_t *d = data;
     d->stats_fetching = 0;
-    if (rp_pg_res_error(res) == 0 && rp_pg_res_ntuples(res) == 1 && rp_pg_res_nfields(res) == 4) {
-        for (int i = 0; i < 4; i++)
-            rp_series_set(d->s_queue[i], strtod(rp_pg_res_value(res, 0, i), NULL));
+    if (ok) {
         d->stats_at_ms = now_ms(d);
         d->stats_valid = 1;
     }
@@ -757,18 +756,47 @@ static void on_stats(void *data, const rp_pg_res_t *res)
     }
 }
 
+static void on_stats(void *data, const rp_pg_res_t *res)
+{
+    rp_dispatcher_t *d = data;
+    int ok = rp_pg_res_error(res) == 0 && rp_pg_res_ntuples(res) == 1 && rp_pg_res_nfields(res) == 4;
+    for (int i = 0; ok && i < 4; i++)
+        rp_series_set(d->s_queue[i], strtod(rp_pg_res_value(res, 0, i), NULL));
+    stats_answered(d, ok);
+}
+
+static void on_depth(void *data, int err, const rp_queue_depth_t *depth)
+{
+    rp_dispatcher_t *d = data;
+    if (err == 0) {
+        rp_series_set(d->s_queue[0], (double)depth->queued);
+        rp_series_set(d->s_queue[1], (double)depth->scheduled);
+        rp_series_set(d->s_queue[2], (double)depth->running);
+        rp_series_set(d->s_queue[3], (double)depth->dead);
+    }
+    stats_answered(d, err == 0);
+}
+
 static void metrics(rq_t *rq)
 {
     rp_dispatcher_t *d = rq->d;
     int stale = !d->stats_valid || now_ms(d) - d->stats_at_ms >= (uint64_t)d->cfg->stats_ttl_ms;
-    if (stale && !d->closing && rp_pg_is_up(d->pg)) {
+    int redis = strcmp(d->cfg->queue, "redis") == 0;
+    int up = redis ? rp_producer_is_up(d->producer) : rp_pg_is_up(d->pg);
+    if (stale && !d->closing && up) {
         rq->state = RQ_WAIT_STATS;
         rq->next = d->stats_waiters;
         d->stats_waiters = rq;
         if (d->stats_fetching)
             return;
-        if (rp_pg_query(d->pg, "SELECT queued, scheduled, running, dead FROM ragpool.queue_stats()",
-                        0, NULL, STATS_TIMEOUT_MS, on_stats, d) == 0) {
+        /* The depth of the queue jobs go to: Postgres' queue_stats(), or
+         * the Redis stream, its group and its delayed and dead keys. */
+        int rc = redis ? rp_producer_depth(d->producer, on_depth, d)
+                       : rp_pg_query(d->pg,
+                                     "SELECT queued, scheduled, running, dead "
+                                     "FROM ragpool.queue_stats()",
+                                     0, NULL, STATS_TIMEOUT_MS, on_stats, d);
+        if (rc == 0) {
             d->stats_fetching = 1;
             return;
         }
@@ -923,7 +951,9 @@ static int metrics_init(rp_dispatcher_t *d)
                          NULL);
     rp_metric_t *depth = rp_metrics_gauge(
         m, "ragpool_queue_jobs",
-        "Jobs in the Postgres queue by state (ragpool.queue_stats(), cached briefly).", "state");
+        "Jobs in the queue by state (Postgres: ragpool.queue_stats(); Redis: the stream, its "
+        "group's pending entries, <stream>:delayed and <stream>:dead), cached briefly.",
+        "state");
     static const char *const states[4] = {"queued", "scheduled", "running", "dead"};
     for (int i = 0; i < 4; i++)
         d->s_queue[i] = rp_metric_labels(depth, (const char *const[]){states[i]});
@@ -1024,6 +1054,7 @@ int rp_dispatcher_start(rp_dispatcher_t *d, rp_err_t *err)
         .database_url = cfg->database_url,
         .redis_url = cfg->redis_url,
         .redis_stream = cfg->redis_stream,
+        .redis_group = cfg->redis_group,
         .timeout_ms = cfg->enqueue_timeout_ms,
     };
     d->producer = rp_producer_new(d->loop, &prod, err);

@@ -28,6 +28,9 @@ const rp_cfg_def_t rp_dispatcher_cfg_defs[] = {
      "otherwise."},
     {"RAGPOOL_REDIS_STREAM", RP_CFG_STR, OFF(redis_stream), "ragpool:jobs", 1, 0, 0,
      "Redis stream jobs are added to (RAGPOOL_QUEUE=redis)."},
+    {"RAGPOOL_REDIS_GROUP", RP_CFG_STR, OFF(redis_group), "ragpool", 1, 0, 0,
+     "The workers' consumer group (RAGPOOL_QUEUE=redis): /metrics counts its pending entries "
+     "as running."},
     {"SUPABASE_JWT_SECRET", RP_CFG_STR, OFF(jwt_secret), NULL, 1, 0, RP_CFG_SECRET,
      "The project's JWT secret: HS256 tokens are verified with it (as raw bytes)."},
     {"RAGPOOL_JWKS", RP_CFG_STR, OFF(jwks), NULL, 1, 0, 0,
@@ -61,7 +64,8 @@ const rp_cfg_def_t rp_dispatcher_cfg_defs[] = {
     {"RAGPOOL_DRAIN_TIMEOUT_MS", RP_CFG_INT, OFF(drain_timeout_ms), "10000", 0, 3600000, 0,
      "On SIGTERM, how long requests in progress may take to finish."},
     {"RAGPOOL_QUEUE_STATS_TTL_MS", RP_CFG_INT, OFF(stats_ttl_ms), "5000", 0, 3600000, 0,
-     "How long /metrics reuses the queue depth it read (ragpool.queue_stats)."},
+     "How long /metrics reuses the queue depth it read (ragpool.queue_stats, or the Redis "
+     "queue's keys)."},
     {"RAGPOOL_MAX_INFLIGHT", RP_CFG_INT, OFF(max_inflight), "65536", 1, 10000000, 0,
      "Requests in progress at once; beyond, new ones get 503."},
     {"RAGPOOL_LOG_LEVEL", RP_CFG_STR, OFF(log_level), "info", 1, 0, 0,

@@ -20,6 +20,7 @@ typedef struct rp_dispatcher_cfg {
     char *database_url;
     char *redis_url;
     char *redis_stream;
+    char *redis_group;
     char *jwt_secret;
     char *jwks;
     long jwks_min_refresh_ms;

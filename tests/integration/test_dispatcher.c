@@ -564,6 +564,15 @@ static void test_redis_queue(void **state)
     rp_test_assert(w->t, rp_test_run("redis-cli", argv, NULL, 10000, &out) == 0);
     rp_test_assert(w->t, atoi(out) == 2);
     free(out);
+    /* /metrics counts the Redis queue (no worker: both entries waiting). */
+    char *u = url(&d, "/metrics");
+    rp_test_resp_t r = rp_test_request("GET", u, NULL, NULL, 0);
+    rp_test_assert(w->t, r.status == 200);
+    rp_test_assert(w->t, strstr(r.body, "ragpool_queue_jobs{state=\"queued\"} 2") != NULL);
+    rp_test_assert(w->t, strstr(r.body, "ragpool_queue_jobs{state=\"running\"} 0") != NULL);
+    rp_test_assert(w->t, strstr(r.body, "ragpool_queue_jobs{state=\"dead\"} 0") != NULL);
+    rp_test_resp_free(&r);
+    free(u);
     const char *del[] = {"redis-cli", "-u", url_s, "DEL", stream, NULL};
     rp_test_run("redis-cli", del, NULL, 10000, NULL);
     free(url_s);
