@@ -29,6 +29,7 @@
 #include "err.h"
 #include "job.h"
 #include "log.h"
+#include "producer.h"
 #include "redis.h"
 
 #define COMMAND_TIMEOUT_MS 10000
@@ -140,11 +141,6 @@ static int rc_call(rclient_t *c, int argc, const char *const *argv, const size_t
     while (!c->done)
         uv_run(&c->loop, UV_RUN_ONCE);
     return c->err;
-}
-
-static void int_reply(void *data, const rp_redis_reply_t *reply)
-{
-    *(long long *)data = rp_redis_reply_int(reply);
 }
 
 /* ------------------------------------------------- dead letters */
@@ -422,62 +418,79 @@ int rp_cli_redis_dead_retry(const rp_cli_cfg_t *cfg, PGconn *conn, const char *i
 
 /* ------------------------------------------------- status */
 
-typedef struct oldest {
-    long long ms; /* the oldest entry's time, 0 when the stream is empty */
-} oldest_t;
+typedef struct depth_wait {
+    int done, err;
+    rp_queue_depth_t d;
+} depth_wait_t;
 
-static void oldest_cb(void *data, const rp_redis_reply_t *reply)
+static void depth_cb(void *data, int err, const rp_queue_depth_t *depth)
 {
-    oldest_t *o = data;
-    const char *id = rp_redis_reply_str(rp_redis_reply_at(rp_redis_reply_at(reply, 0), 0), NULL);
-    if (id != NULL)
-        o->ms = strtoll(id, NULL, 10);
+    depth_wait_t *w = data;
+    w->done = 1;
+    w->err = err;
+    if (depth != NULL)
+        w->d = *depth;
 }
 
-static void pending_cb(void *data, const rp_redis_reply_t *reply)
+static void producer_closed(void *data)
 {
-    /* XPENDING summary: [count, smallest id, greatest id, [[consumer, n]...]] */
-    *(long long *)data = rp_redis_reply_int(rp_redis_reply_at(reply, 0));
+    *(int *)data = 1;
 }
 
 int rp_cli_redis_status(const rp_cli_cfg_t *cfg, const char *group, rp_cli_redis_counts_t *out)
 {
     memset(out, 0, sizeof(*out));
-    rclient_t c;
-    if (rc_open(&c, cfg, "status") != 0)
+    if (cfg->redis_url == NULL || cfg->redis_url[0] == '\0') {
+        fprintf(stderr, "ragpool status: REDIS_URL is required for the redis queue\n");
         return RP_CLI_FAIL;
-    long long entries = 0;
-    oldest_t oldest = {0};
-    const char *xlen[] = {"XLEN", c.stream};
-    const char *zcard[] = {"ZCARD", c.delayed};
-    const char *xlen_dead[] = {"XLEN", c.dead};
-    const char *pending[] = {"XPENDING", c.stream, group};
-    const char *first[] = {"XRANGE", c.stream, "-", "+", "COUNT", "1"};
-    int rc = rc_call(&c, 2, xlen, NULL, int_reply, &entries);
-    if (rc == 0)
-        rc = rc_call(&c, 2, zcard, NULL, int_reply, &out->scheduled);
-    if (rc == 0)
-        rc = rc_call(&c, 2, xlen_dead, NULL, int_reply, &out->dead);
-    if (rc == 0)
-        rc = rc_call(&c, 6, first, NULL, oldest_cb, &oldest);
-    if (rc == 0) {
-        /* No consumer group yet (no worker has started): nothing pending. */
-        rc = rc_call(&c, 3, pending, NULL, pending_cb, &out->running);
-        if (rc == RP_EDB && strncmp(c.msg, "NOGROUP", 7) == 0) {
-            out->running = 0;
-            rc = 0;
-        }
     }
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) {
+        fprintf(stderr, "ragpool status: cannot create an event loop\n");
+        return RP_CLI_FAIL;
+    }
+    rp_log_set_level(RP_LOG_WARN);
+    /* The producer knows the queue's keys: its depth reading is the one
+     * the dispatcher's /metrics shows. */
+    rp_producer_opts_t o = {.queue = "redis",
+                            .redis_url = cfg->redis_url,
+                            .redis_stream = cfg->redis_stream,
+                            .redis_group = group,
+                            .timeout_ms = COMMAND_TIMEOUT_MS};
+    rp_err_t err;
+    rp_producer_t *p = rp_producer_new(&loop, &o, &err);
+    if (p == NULL) {
+        fprintf(stderr, "ragpool status: %s\n", err.msg);
+        uv_loop_close(&loop);
+        return RP_CLI_FAIL;
+    }
+    depth_wait_t w = {0};
+    int rc = rp_producer_start(p);
+    if (rc == 0)
+        rc = rp_producer_depth(p, depth_cb, &w);
+    while (rc == 0 && !w.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    if (rc == 0)
+        rc = w.err;
+    int closed = 0;
+    rp_producer_close(p, producer_closed, &closed);
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
     if (rc != 0) {
-        fprintf(stderr, "ragpool: read the Redis queue: %s\n", c.msg);
-        rc_close(&c);
+        fprintf(stderr, "ragpool: read the Redis queue: %s\n", rp_strerror(rc));
         return RP_CLI_FAIL;
     }
-    out->queued = entries > out->running ? entries - out->running : 0;
+    out->queued = w.d.queued;
+    out->running = w.d.running;
+    out->scheduled = w.d.scheduled;
+    out->dead = w.d.dead;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     long long now_ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    out->oldest_s = oldest.ms > 0 && now_ms > oldest.ms ? (double)(now_ms - oldest.ms) / 1000 : 0;
-    rc_close(&c);
+    out->oldest_s = w.d.oldest_ms > 0 && now_ms > w.d.oldest_ms
+                        ? (double)(now_ms - w.d.oldest_ms) / 1000
+                        : 0;
     return RP_CLI_OK;
 }

@@ -767,6 +767,17 @@ static void depth_pending(void *data, int err, const rp_redis_reply_t *reply)
     depth_one(op, err, reply, &op->d.running, 1);
 }
 
+/* XRANGE <stream> - + COUNT 1: the oldest entry's id starts with its time. */
+static void depth_oldest(void *data, int err, const rp_redis_reply_t *reply)
+{
+    depth_op_t *op = data;
+    if (err == 0 && rp_redis_reply_type(reply) == RP_REDIS_ARRAY) {
+        const char *id = rp_redis_reply_str(rp_redis_reply_at(rp_redis_reply_at(reply, 0), 0), NULL);
+        op->d.oldest_ms = id != NULL ? strtoll(id, NULL, 10) : 0;
+    }
+    depth_one(op, err, reply, NULL, 0);
+}
+
 int rp_producer_depth(rp_producer_t *p, rp_producer_depth_cb cb, void *data)
 {
     if (p->closing)
@@ -782,19 +793,22 @@ int rp_producer_depth(rp_producer_t *p, rp_producer_depth_cb cb, void *data)
     const char *zcard[] = {"ZCARD", p->delayed};
     const char *dead[] = {"XLEN", p->dead};
     const char *pending[] = {"XPENDING", p->stream, p->group};
-    /* Four commands, one write; each answers once, even when sending the
+    const char *first[] = {"XRANGE", p->stream, "-", "+", "COUNT", "1"};
+    /* Five commands, one write; each answers once, even when sending the
      * later ones fails. */
-    op->pending = 4;
+    enum { NCMDS = 5 };
+    op->pending = NCMDS;
     struct {
         int argc;
         const char *const *argv;
         rp_redis_cb cb;
-    } cmds[4] = {{2, xlen, depth_xlen},
-                 {2, zcard, depth_delayed},
-                 {2, dead, depth_dead},
-                 {3, pending, depth_pending}};
+    } cmds[NCMDS] = {{2, xlen, depth_xlen},
+                     {2, zcard, depth_delayed},
+                     {2, dead, depth_dead},
+                     {3, pending, depth_pending},
+                     {6, first, depth_oldest}};
     int sent = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NCMDS; i++) {
         int rc = rp_redis_command(p->redis, cmds[i].argc, cmds[i].argv, NULL, p->timeout_ms,
                                   cmds[i].cb, op);
         if (rc != 0) {
@@ -804,7 +818,7 @@ int rp_producer_depth(rp_producer_t *p, rp_producer_depth_cb cb, void *data)
             }
             /* Count the unsent ones as answered with rc. */
             op->err = op->err ? op->err : rc;
-            op->pending -= 4 - i;
+            op->pending -= NCMDS - i;
             break;
         }
         sent++;

@@ -75,12 +75,13 @@ int rp_producer_enqueue(rp_producer_t *p, const rp_enqueue_t *e, rp_producer_cb 
  * <stream>:delayed (scheduled) and dead letters in <stream>:dead. */
 typedef struct rp_queue_depth {
     long long queued, scheduled, running, dead;
+    long long oldest_ms; /* Unix ms of the stream's oldest entry (its id); 0 when empty */
 } rp_queue_depth_t;
 
 /* err 0 with depth filled, or RP_E* (depth NULL). */
 typedef void (*rp_producer_depth_cb)(void *data, int err, const rp_queue_depth_t *depth);
 
-/* Read the Redis queue's depth (four pipelined commands on the producer's
+/* Read the Redis queue's depth (five pipelined commands on the producer's
  * connection).  Returns 0 (cb will run, never from inside this call), or
  * RP_EINVAL for a Postgres producer (read ragpool.queue_stats() instead),
  * RP_ENOMEM, RP_ECLOSED. */
