@@ -67,7 +67,7 @@ static int rc_open(rclient_t *c, const rp_cli_cfg_t *cfg, const char *cmd)
         return -1;
     }
     c->stream = cfg->redis_stream != NULL && cfg->redis_stream[0] != '\0' ? cfg->redis_stream
-                                                                           : "ragpool:jobs";
+                                                                          : "ragpool:jobs";
     c->delayed = rp_str_concat(c->stream, ":delayed");
     c->dead = rp_str_concat(c->stream, ":dead");
     if (c->delayed == NULL || c->dead == NULL || uv_loop_init(&c->loop) != 0) {
@@ -125,8 +125,8 @@ static void rc_reply(void *data, int err, const rp_redis_reply_t *reply)
 
 /* Run one command and wait for it; fn (may be NULL) sees the reply unless
  * it is an error.  Returns 0, or an RP_E* code with c->msg saying why. */
-static int rc_call(rclient_t *c, int argc, const char *const *argv, const size_t *lens,
-                   reply_fn fn, void *data)
+static int rc_call(rclient_t *c, int argc, const char *const *argv, const size_t *lens, reply_fn fn,
+                   void *data)
 {
     c->done = 0;
     c->err = 0;
@@ -285,10 +285,9 @@ int rp_cli_redis_dead_list(const rp_cli_cfg_t *cfg, int json, long limit)
         for (size_t i = 0; i < page.n && a != NULL; i++) {
             const dead_entry_t *d = &page.e[i];
             json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:s}", "id", d->id,
-                                               "kind", d->kind, "attempts",
-                                               (json_int_t)d->attempts, "reason", d->reason,
-                                               "last_error", d->error, "failed_at", d->failed_at,
-                                               "entry", d->entry));
+                                               "kind", d->kind, "attempts", (json_int_t)d->attempts,
+                                               "reason", d->reason, "last_error", d->error,
+                                               "failed_at", d->failed_at, "entry", d->entry));
         }
         char *s = a != NULL ? json_dumps(a, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
         json_decref(a);
@@ -355,8 +354,8 @@ static int retry_one(rclient_t *c, PGconn *conn, const dead_entry_t *d)
     }
     PQclear(res);
     const char *argv[] = {"EVAL", MOVE_SCRIPT, "2", c->stream, c->dead, job, d->entry};
-    size_t lens[] = {4, strlen(MOVE_SCRIPT), 1, strlen(c->stream), strlen(c->dead), len,
-                     strlen(d->entry)};
+    size_t lens[] = {4,   strlen(MOVE_SCRIPT), 1, strlen(c->stream), strlen(c->dead),
+                     len, strlen(d->entry)};
     int moved = 0;
     int rc = rc_call(c, 7, argv, lens, moved_cb, &moved);
     free(job);
@@ -381,8 +380,7 @@ int rp_cli_redis_dead_retry(const rp_cli_cfg_t *cfg, PGconn *conn, const char *i
         const char *argv[] = {"XRANGE", c.dead, start, "+", "COUNT", SCAN_PAGE};
         dead_page_t page = {0};
         if (rc_call(&c, 6, argv, NULL, dead_page_cb, &page) != 0 || page.oom) {
-            fprintf(stderr, "ragpool: read dead jobs: %s\n",
-                    page.oom ? "out of memory" : c.msg);
+            fprintf(stderr, "ragpool: read dead jobs: %s\n", page.oom ? "out of memory" : c.msg);
             dead_page_free(&page);
             failed = 1;
             break;
@@ -410,7 +408,7 @@ int rp_cli_redis_dead_retry(const rp_cli_cfg_t *cfg, PGconn *conn, const char *i
     if (id != NULL && !found && !failed) {
         fprintf(stderr, "ragpool dead retry: no dead job %s in %s:dead\n", id,
                 cfg->redis_stream != NULL && cfg->redis_stream[0] ? cfg->redis_stream
-                                                                   : "ragpool:jobs");
+                                                                  : "ragpool:jobs");
         return RP_CLI_FAIL;
     }
     return failed ? RP_CLI_FAIL : RP_CLI_OK;
@@ -489,8 +487,7 @@ int rp_cli_redis_status(const rp_cli_cfg_t *cfg, const char *group, rp_cli_redis
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     long long now_ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    out->oldest_s = w.d.oldest_ms > 0 && now_ms > w.d.oldest_ms
-                        ? (double)(now_ms - w.d.oldest_ms) / 1000
-                        : 0;
+    out->oldest_s =
+        w.d.oldest_ms > 0 && now_ms > w.d.oldest_ms ? (double)(now_ms - w.d.oldest_ms) / 1000 : 0;
     return RP_CLI_OK;
 }

@@ -109,8 +109,8 @@ static int parse_json_flag(int argc, char **argv, int *json, long *limit, const 
 static int redis_counts(const rp_cli_cfg_t *cfg, char vals[4][32], char *oldest, size_t cap)
 {
     rp_cli_redis_counts_t n;
-    const char *group = cfg->redis_group != NULL && cfg->redis_group[0] ? cfg->redis_group
-                                                                         : "ragpool";
+    const char *group =
+        cfg->redis_group != NULL && cfg->redis_group[0] ? cfg->redis_group : "ragpool";
     if (rp_cli_redis_status(cfg, group, &n) != RP_CLI_OK)
         return -1;
     snprintf(vals[0], 32, "%lld", n.queued);
@@ -308,5 +308,5 @@ int rp_cli_dead(const rp_cli_cfg_t *cfg, int argc, char **argv)
         return RP_CLI_USAGE;
     }
     return strcmp(argv[1], "list") == 0 ? dead_list(cfg, argc - 1, argv + 1)
-                                         : dead_retry(cfg, argc - 1, argv + 1);
+                                        : dead_retry(cfg, argc - 1, argv + 1);
 }

@@ -123,7 +123,7 @@ struct rp_producer {
     req_queue_t pending;
     int batches; /* Postgres statements in flight */
     int closing;
-    int nclosing; /* handles and connections still closing */
+    int nclosing;      /* handles and connections still closing */
     uint8_t rnd[4096]; /* getrandom bytes for job ids, refilled when used up */
     size_t rnd_used;
     void (*close_cb)(void *data);
@@ -772,7 +772,8 @@ static void depth_oldest(void *data, int err, const rp_redis_reply_t *reply)
 {
     depth_op_t *op = data;
     if (err == 0 && rp_redis_reply_type(reply) == RP_REDIS_ARRAY) {
-        const char *id = rp_redis_reply_str(rp_redis_reply_at(rp_redis_reply_at(reply, 0), 0), NULL);
+        const char *id =
+            rp_redis_reply_str(rp_redis_reply_at(rp_redis_reply_at(reply, 0), 0), NULL);
         op->d.oldest_ms = id != NULL ? strtoll(id, NULL, 10) : 0;
     }
     depth_one(op, err, reply, NULL, 0);

@@ -759,7 +759,8 @@ static void stats_answered(rp_dispatcher_t *d, int ok)
 static void on_stats(void *data, const rp_pg_res_t *res)
 {
     rp_dispatcher_t *d = data;
-    int ok = rp_pg_res_error(res) == 0 && rp_pg_res_ntuples(res) == 1 && rp_pg_res_nfields(res) == 4;
+    int ok =
+        rp_pg_res_error(res) == 0 && rp_pg_res_ntuples(res) == 1 && rp_pg_res_nfields(res) == 4;
     for (int i = 0; ok && i < 4; i++)
         rp_series_set(d->s_queue[i], strtod(rp_pg_res_value(res, 0, i), NULL));
     stats_answered(d, ok);

@@ -126,9 +126,8 @@ static void test_permanent_and_exhausted_failures(void **state)
 {
     rp_test_ctx_t *t = rp_test_ctx_new("dead", NULL);
     char *j400, *j500;
-    rp_test_job_t always500 = {.user_id = USER_A,
-                               .message = "What are Jettons? [[fault:chat:500]]",
-                               .max_attempts = 3};
+    rp_test_job_t always500 = {
+        .user_id = USER_A, .message = "What are Jettons? [[fault:chat:500]]", .max_attempts = 3};
     *state = t;
     rp_test_worker_start(t, NULL);
     j400 = ask(t, "What is TON token? [[fault:chat:400]]");
@@ -200,9 +199,8 @@ static int cli(rp_test_ctx_t *t, const char *name, const char *const *args, char
 static void test_cli_dead_letters(void **state)
 {
     rp_test_ctx_t *t = rp_test_ctx_new("clidead", NULL);
-    rp_test_job_t flaky = {.user_id = USER_A,
-                           .message = "What is TON token? [[fault:chat:500x2]]",
-                           .max_attempts = 2};
+    rp_test_job_t flaky = {
+        .user_id = USER_A, .message = "What is TON token? [[fault:chat:500x2]]", .max_attempts = 2};
     char *job, *out = NULL;
     *state = t;
     rp_test_worker_start(t, NULL);

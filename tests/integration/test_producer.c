@@ -484,9 +484,12 @@ static void test_redis_mixed_batch(void **state)
     const char *k = "0a1b2c3d-0000-4000-8000-00000000000a";
     const char *l = "0a1b2c3d-0000-4000-8000-00000000000b";
     rp_enqueue_t jobs[] = {
-        {.user_id = USER, .message = "fresh 1"}, {.user_id = USER, .message = "k", .job_id = k},
-        {.user_id = USER, .message = "fresh 2"}, {.user_id = USER, .message = "k again", .job_id = k},
-        {.user_id = USER, .message = "l", .job_id = l}, {.user_id = USER, .message = "fresh 3"},
+        {.user_id = USER, .message = "fresh 1"},
+        {.user_id = USER, .message = "k", .job_id = k},
+        {.user_id = USER, .message = "fresh 2"},
+        {.user_id = USER, .message = "k again", .job_id = k},
+        {.user_id = USER, .message = "l", .job_id = l},
+        {.user_id = USER, .message = "fresh 3"},
     };
     slot_t *s = enqueue_all(&r, jobs, 6);
     for (int i = 0; i < 6; i++)
@@ -514,9 +517,8 @@ static void test_redis_mixed_batch(void **state)
         assert_int_equal(f->elements, 2);
         rp_job_envelope_t env;
         rp_err_t err;
-        assert_int_equal(rp_job_envelope_decode_msgpack(f->element[1]->str, f->element[1]->len,
-                                                        &env, &err),
-                         0);
+        assert_int_equal(
+            rp_job_envelope_decode_msgpack(f->element[1]->str, f->element[1]->len, &env, &err), 0);
         if (strcmp(env.id, k) != 0 && strcmp(env.id, l) != 0) {
             static const int fresh[] = {0, 2, 5};
             assert_string_equal(env.id, s[fresh[fresh_seen]].a.id);
@@ -550,10 +552,10 @@ static void test_redis_refused(void **state)
     run_t r;
     run_init(&r, w, NULL, NULL, 0);
     freeReplyObject(redisCommand(w->rh, "SET %s not-a-stream", w->stream));
-    rp_enqueue_t jobs[3] = {{.user_id = USER, .message = "a"},
-                            {.user_id = USER, .message = "b",
-                             .job_id = "0a1b2c3d-0000-4000-8000-00000000000c"},
-                            {.user_id = USER, .message = "c"}};
+    rp_enqueue_t jobs[3] = {
+        {.user_id = USER, .message = "a"},
+        {.user_id = USER, .message = "b", .job_id = "0a1b2c3d-0000-4000-8000-00000000000c"},
+        {.user_id = USER, .message = "c"}};
     slot_t *s = enqueue_all(&r, jobs, 3);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(s[i].a.err, RP_EDB);

@@ -501,16 +501,17 @@ static void test_job_ids(void **state)
     (void)state;
     reset_queue();
     /* version 7, RFC 9562 variant, the clock within 5 s, increasing */
-    assert_qv(conn, "t",
-              "WITH a AS (SELECT ragpool.new_job_id()::text AS x), "
-              "w AS (SELECT pg_sleep(0.003) FROM a), "
-              "b AS (SELECT ragpool.new_job_id()::text AS x FROM w) "
-              "SELECT substr(a.x, 15, 1) = '7' AND substr(a.x, 20, 1) IN ('8', '9', 'a', 'b') "
-              "   AND substr(b.x, 15, 1) = '7' AND b.x > a.x "
-              "   AND abs(('x' || lpad(replace(substr(a.x, 1, 13), '-', ''), 16, '0'))::bit(64)::bigint "
-              "           - (extract(epoch FROM clock_timestamp()) * 1000)::bigint) < 5000 "
-              "  FROM a, b",
-              0, NULL);
+    assert_qv(
+        conn, "t",
+        "WITH a AS (SELECT ragpool.new_job_id()::text AS x), "
+        "w AS (SELECT pg_sleep(0.003) FROM a), "
+        "b AS (SELECT ragpool.new_job_id()::text AS x FROM w) "
+        "SELECT substr(a.x, 15, 1) = '7' AND substr(a.x, 20, 1) IN ('8', '9', 'a', 'b') "
+        "   AND substr(b.x, 15, 1) = '7' AND b.x > a.x "
+        "   AND abs(('x' || lpad(replace(substr(a.x, 1, 13), '-', ''), 16, '0'))::bit(64)::bigint "
+        "           - (extract(epoch FROM clock_timestamp()) * 1000)::bigint) < 5000 "
+        "  FROM a, b",
+        0, NULL);
     char *e1 = qv(conn, "SELECT ragpool.enqueue('noop', '{}')", 0, NULL);
     sleep_ms(3);
     char *e2 = enqueue_chat(conn, USER_A, "second");
