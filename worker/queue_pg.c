@@ -85,8 +85,15 @@ static void claim_done(void *data, const rp_pg_res_t *res)
     claim_op_t *co = data;
     int err = rp_pg_res_error(res);
     if (err != 0) {
+        /* A lost connection is already reported (pg.disconnected) and the
+         * claim is simply made again: a warning.  An error from the
+         * statement itself is an error. */
+        const char *msg = rp_pg_res_message(res);
+        int transport = err == RP_EIO || err == RP_ETIMEDOUT;
         if (err != RP_ECANCELED)
-            rp_log_error("claim.failed", NULL, "%s %s", rp_strerror(err), rp_pg_res_message(res));
+            rp_log(transport ? RP_LOG_WARN : RP_LOG_ERROR, "claim.failed", NULL, "%s%s%s",
+                   rp_strerror(err), msg != NULL && *msg != '\0' ? ": " : "",
+                   msg != NULL ? msg : "");
         co->cb(co->data, err, NULL, 0);
         free(co);
         return;
