@@ -55,6 +55,43 @@ static void enqueue_n(rp_test_ctx_t *t, int n)
     rp_test_enqueue_table(t, "expected");
 }
 
+/* A backlog larger than the in-flight limit, claimed in batches with two
+ * claims outstanding: the jobs held at once (state running / pending
+ * entries) fill up to RAGPOOL_MAX_INFLIGHT and never pass it, and every
+ * job is answered once. */
+static void test_inflight_limit(void **state)
+{
+    static const char *const dm[] = {"--latency-ms", "150", NULL};
+    static const char *const env[] = {"RAGPOOL_MAX_INFLIGHT=40", "RAGPOOL_CLAIM_BATCH=20",
+                                      "RAGPOOL_CLAIMS_IN_FLIGHT=2", NULL};
+    rp_test_ctx_t *t = rp_test_ctx_new("inflight", dm);
+    const int n = 300;
+    long long peak = 0;
+    *state = t;
+    enqueue_n(t, n);
+    rp_test_worker_start(t, env);
+    for (int i = 0; i < 3000; i++) {
+        long long running = rp_test_queue_counts(t).running;
+        if (running > peak) {
+            peak = running;
+        }
+        if (rp_test_sql_int(t->db, "select count(*) from conversations") == n) {
+            break;
+        }
+        rp_test_sleep_ms(20);
+    }
+    if (peak > 40 || peak < 30) {
+        rp_test_ctx_dump(t);
+        fail_msg("peak in flight %lld: expected up to the limit of 40, and near it", peak);
+    }
+    assert_int_equal(rp_test_sql_int(t->db, "select count(*) from conversations"), n);
+    assert_int_equal(rp_test_sql_int(t->db, "select count(distinct job_id) from conversations"), n);
+    assert_int_equal(
+        rp_test_sql_int(t->db, "select count(*) from conversations where status = 'done'"), n);
+    assert_int_equal(rp_test_queue_total(t), 0);
+    rp_test_ctx_pass(t);
+}
+
 static void test_kill9_lease_expiry(void **state)
 {
     /* A job takes about 2 x 1000 ms (embedding, then chat), within the
@@ -212,6 +249,7 @@ static void test_kill9_loop_dead_letters(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_inflight_limit, teardown),
         cmocka_unit_test_teardown(test_kill9_lease_expiry, teardown),
         cmocka_unit_test_teardown(test_sigterm_drains_in_flight, teardown),
         cmocka_unit_test_teardown(test_sigterm_short_drain_releases, teardown),
