@@ -37,6 +37,7 @@
  */
 #include "httpd.h"
 
+#include <errno.h>
 #include <http_parser.h>
 #include <limits.h>
 #include <stdint.h>
@@ -44,6 +45,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define RP_HTTPD_READ_BUF (64 * 1024)
 #define RP_HTTPD_INLINE 2048      /* inline bytes per request (text and small bodies) */
@@ -903,6 +906,25 @@ rp_httpd_t *rp_httpd_new(uv_loop_t *loop, const rp_httpd_opts_t *opts, rp_err_t 
     return s;
 }
 
+/* libuv 1.44 cannot set SO_REUSEPORT: make the socket ourselves and hand it
+ * over before the bind. */
+static int reuse_port_socket(uv_tcp_t *listener, int family)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        int rc = uv_translate_sys_error(errno);
+        close(fd);
+        return rc;
+    }
+    int rc = uv_tcp_open(listener, fd);
+    if (rc < 0)
+        close(fd);
+    return rc;
+}
+
 int rp_httpd_start(rp_httpd_t *s, rp_err_t *err)
 {
     struct sockaddr_storage addr;
@@ -920,7 +942,9 @@ int rp_httpd_start(rp_httpd_t *s, rp_err_t *err)
     s->listener.data = s;
     s->listener_open = 1;
     s->open_handles++;
-    rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
+    rc = s->opts.reuse_port ? reuse_port_socket(&s->listener, addr.ss_family) : 0;
+    if (rc == 0)
+        rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, s->opts.backlog, on_connection);
     if (rc < 0) {

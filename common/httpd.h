@@ -22,7 +22,7 @@ typedef struct rp_httpd rp_httpd_t;
 typedef struct rp_httpd_req rp_httpd_req_t;
 
 typedef struct rp_httpd_header {
-    const char *name;  /* as received; compare case-insensitively */
+    const char *name; /* as received; compare case-insensitively */
     const char *value;
 } rp_httpd_header_t;
 
@@ -37,6 +37,8 @@ typedef struct rp_httpd_opts {
     size_t max_header_bytes; /* default 16 KiB */
     size_t max_body_bytes;   /* default 1 MiB */
     long idle_timeout_ms;    /* close idle keep-alive connections; 0 = 60000, negative = never */
+    int reuse_port;          /* SO_REUSEPORT: servers on several loops (threads) listen on
+                              * the same port and the kernel spreads new connections */
     rp_httpd_handler handler;
     void *data;
 } rp_httpd_opts_t;
@@ -53,14 +55,14 @@ void rp_httpd_stop(rp_httpd_t *s);
 void rp_httpd_close(rp_httpd_t *s, void (*close_cb)(void *data), void *data);
 
 /* --- request accessors (valid until the request is answered) --- */
-const char *rp_httpd_method(const rp_httpd_req_t *r);   /* "GET", "POST", ... */
-const char *rp_httpd_path(const rp_httpd_req_t *r);     /* path without the query */
-const char *rp_httpd_query(const rp_httpd_req_t *r);    /* query string without '?', "" if none */
+const char *rp_httpd_method(const rp_httpd_req_t *r); /* "GET", "POST", ... */
+const char *rp_httpd_path(const rp_httpd_req_t *r);   /* path without the query */
+const char *rp_httpd_query(const rp_httpd_req_t *r);  /* query string without '?', "" if none */
 const char *rp_httpd_header(const rp_httpd_req_t *r, const char *name); /* NULL if absent */
 size_t rp_httpd_nheaders(const rp_httpd_req_t *r);
 rp_httpd_header_t rp_httpd_header_at(const rp_httpd_req_t *r, size_t i);
 const char *rp_httpd_body(const rp_httpd_req_t *r, size_t *len); /* NUL-terminated */
-const char *rp_httpd_peer(const rp_httpd_req_t *r);     /* "127.0.0.1:5678" */
+const char *rp_httpd_peer(const rp_httpd_req_t *r);              /* "127.0.0.1:5678" */
 
 /* Called if the client disconnects before the request is answered; after it
  * returns req is gone and must not be answered. */

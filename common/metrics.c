@@ -10,6 +10,7 @@
 #include "metrics.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,11 +57,59 @@ struct rp_metrics {
     rp_metric_t *head, *tail;
     collector_t *collectors;
     size_t ncollectors;
+    int shared; /* every operation holds lock (recursive: collectors set series) */
+    pthread_mutex_t lock;
 };
 
 rp_metrics_t *rp_metrics_new(void)
 {
     return calloc(1, sizeof(rp_metrics_t));
+}
+
+rp_metrics_t *rp_metrics_new_shared(void)
+{
+    rp_metrics_t *m = calloc(1, sizeof(rp_metrics_t));
+    pthread_mutexattr_t a;
+    if (m == NULL)
+        return NULL;
+    if (pthread_mutexattr_init(&a) != 0) {
+        free(m);
+        return NULL;
+    }
+    int rc = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    if (rc == 0)
+        rc = pthread_mutex_init(&m->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0) {
+        free(m);
+        return NULL;
+    }
+    m->shared = 1;
+    return m;
+}
+
+static void m_lock(rp_metrics_t *m)
+{
+    if (m->shared)
+        pthread_mutex_lock(&m->lock);
+}
+
+static void m_unlock(rp_metrics_t *m)
+{
+    if (m->shared)
+        pthread_mutex_unlock(&m->lock);
+}
+
+void rp_metrics_hold(rp_metrics_t *m)
+{
+    if (m != NULL)
+        m_lock(m);
+}
+
+void rp_metrics_release(rp_metrics_t *m)
+{
+    if (m != NULL)
+        m_unlock(m);
 }
 
 static void family_free(rp_metric_t *f)
@@ -87,6 +136,8 @@ void rp_metrics_free(rp_metrics_t *m)
         f = next;
     }
     free(m->collectors);
+    if (m->shared)
+        pthread_mutex_destroy(&m->lock);
     free(m);
 }
 
@@ -152,11 +203,13 @@ fail:
 
 static void family_link(rp_metrics_t *m, rp_metric_t *f)
 {
+    m_lock(m);
     if (m->tail != NULL)
         m->tail->next = f;
     else
         m->head = f;
     m->tail = f;
+    m_unlock(m);
 }
 
 rp_metric_t *rp_metrics_counter(rp_metrics_t *m, const char *name, const char *help,
@@ -199,6 +252,8 @@ rp_metric_t *rp_metrics_histogram(rp_metrics_t *m, const char *name, const char 
     return f;
 }
 
+static rp_series_t *series_find_or_add(rp_metric_t *f, const char *const *values);
+
 rp_series_t *rp_metric_labels(rp_metric_t *f, const char *const *values)
 {
     if (f == NULL || (f->nlabels > 0 && values == NULL))
@@ -206,6 +261,14 @@ rp_series_t *rp_metric_labels(rp_metric_t *f, const char *const *values)
     for (size_t i = 0; i < f->nlabels; i++)
         if (values[i] == NULL)
             return NULL;
+    m_lock(f->m);
+    rp_series_t *s = series_find_or_add(f, values);
+    m_unlock(f->m);
+    return s;
+}
+
+static rp_series_t *series_find_or_add(rp_metric_t *f, const char *const *values)
+{
     for (size_t i = 0; i < f->nseries; i++) {
         rp_series_t *s = f->series[i];
         size_t k = 0;
@@ -254,14 +317,18 @@ void rp_series_add(rp_series_t *s, double v)
         return;
     if (s->f->type == M_COUNTER && !(v >= 0))
         return; /* counters only go up */
+    m_lock(s->f->m);
     s->value += v;
+    m_unlock(s->f->m);
 }
 
 void rp_series_set(rp_series_t *s, double v)
 {
     if (s == NULL || s->f->type == M_HISTOGRAM)
         return;
+    m_lock(s->f->m);
     s->value = v;
+    m_unlock(s->f->m);
 }
 
 void rp_series_observe(rp_series_t *s, double v)
@@ -272,27 +339,36 @@ void rp_series_observe(rp_series_t *s, double v)
     size_t i = 0;
     while (i < f->nbounds && v > f->bounds[i])
         i++;
+    m_lock(f->m);
     s->buckets[i]++;
     s->count++;
     s->sum += v;
+    m_unlock(f->m);
 }
 
 double rp_series_value(const rp_series_t *s)
 {
     if (s == NULL)
         return 0;
-    return s->f->type == M_HISTOGRAM ? (double)s->count : s->value;
+    m_lock(s->f->m);
+    double v = s->f->type == M_HISTOGRAM ? (double)s->count : s->value;
+    m_unlock(s->f->m);
+    return v;
 }
 
 int rp_metrics_on_collect(rp_metrics_t *m, void (*cb)(void *data, rp_metrics_t *m), void *data)
 {
+    m_lock(m);
     collector_t *a = realloc(m->collectors, (m->ncollectors + 1) * sizeof(*a));
-    if (a == NULL)
+    if (a == NULL) {
+        m_unlock(m);
         return RP_ENOMEM;
+    }
     m->collectors = a;
     a[m->ncollectors].cb = cb;
     a[m->ncollectors].data = data;
     m->ncollectors++;
+    m_unlock(m);
     return 0;
 }
 
@@ -359,7 +435,16 @@ static void put_series_name(rp_buf_t *out, const rp_metric_t *f, const rp_series
     rp_buf_putc(out, '}');
 }
 
+static void render(rp_metrics_t *m, rp_buf_t *out);
+
 void rp_metrics_render(rp_metrics_t *m, rp_buf_t *out)
+{
+    m_lock(m);
+    render(m, out);
+    m_unlock(m);
+}
+
+static void render(rp_metrics_t *m, rp_buf_t *out)
 {
     static const char *const tnames[] = {"counter", "gauge", "histogram"};
     for (size_t i = 0; i < m->ncollectors; i++)

@@ -10,7 +10,10 @@
  * Values that are cheaper to read on demand (queue depth, jobs by state)
  * are set by collect hooks, which run at the start of every render.
  *
- * Not thread-safe: one registry per event loop (or guard it yourself).
+ * A registry from rp_metrics_new is not thread-safe: one per event loop.
+ * One from rp_metrics_new_shared may be used by several threads at once
+ * (the dispatcher's loops): every operation takes the registry's lock, and
+ * collect hooks run under it.  Register families before sharing it.
  * Programming errors (a bad metric name, the wrong number of label values)
  * return NULL, and every series operation accepts NULL and does nothing,
  * so a metrics mistake never takes the service down.
@@ -36,6 +39,7 @@ extern const size_t rp_metrics_latency_nbounds;
 
 /* Returns owned (rp_metrics_free) or NULL when out of memory. */
 rp_metrics_t *rp_metrics_new(void);
+rp_metrics_t *rp_metrics_new_shared(void);
 void rp_metrics_free(rp_metrics_t *m);
 
 /* Register a family.  name: [a-zA-Z_:][a-zA-Z0-9_:]*; help: one line
@@ -63,6 +67,11 @@ void rp_series_set(rp_series_t *s, double v);
 void rp_series_observe(rp_series_t *s, double v);
 double rp_series_value(const rp_series_t *s); /* counter/gauge value; histogram count */
 
+/* Hold a shared registry's lock across several updates, so they take one
+ * lock and a render sees all or none of them (nothing for an unshared one).
+ * Calls nest. */
+void rp_metrics_hold(rp_metrics_t *m);
+void rp_metrics_release(rp_metrics_t *m);
 /* Run cb(data, m) at the start of every render, in registration order. */
 int rp_metrics_on_collect(rp_metrics_t *m, void (*cb)(void *data, rp_metrics_t *m), void *data);
 

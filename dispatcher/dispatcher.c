@@ -24,11 +24,19 @@
  * Closing: the back ends (producer, Postgres, Redis, HTTP client) are
  * closed first -- their cancelled callbacks still answer through the HTTP
  * server -- and the HTTP server last, once they are all gone.
+ *
+ * Threads: a process runs one dispatcher per thread, each on its own loop
+ * with its own connections, all listening on one port (SO_REUSEPORT).
+ * What they share is an rp_dispatcher_shared_t: the metrics registry (its
+ * own lock), the local rate limiter (rl_lock), the process-wide count of
+ * requests in flight (atomic) and the port.  Nothing else crosses threads.
  */
 #include "dispatcher.h"
 
 #include <inttypes.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,21 +99,22 @@ struct rq {
     rq_t *next;     /* on a wait list (JWKS, stats) */
 };
 
-struct rp_dispatcher {
-    uv_loop_t *loop;
+struct rp_dispatcher_shared {
     const rp_dispatcher_cfg_t *cfg;
-    rp_httpd_t *httpd;
-    rp_producer_t *producer;
-    rp_pg_t *pg;
-    rp_redis_t *rl_redis;
-    rp_http_t *http;
-    rp_jwt_verifier_t *jwt;
+    int nthreads;
+    int port; /* bound by the first dispatcher; the others listen on it too */
+
+    /* the local rate limiter (NULL without a limit) */
     rp_ratelimit_t *rl;
-    rp_metrics_t *metrics;
+    pthread_mutex_t rl_lock;
+    int rl_lock_on;
+
+    atomic_size_t inflight; /* live requests over every thread */
 
     /* metrics */
+    rp_metrics_t *metrics;
     rp_metric_t *m_requests;
-    rp_series_t *s_requests[NROUTES][600];
+    rp_metric_t *m_thread;
     rp_series_t *s_latency[NROUTES];
     rp_series_t *s_enqueue_errors;
     rp_series_t *s_rate_limited;
@@ -114,6 +123,23 @@ struct rp_dispatcher {
     rp_series_t *s_queue[4];
     rp_series_t *s_jwks[2]; /* ok, failed */
     rp_series_t *s_rl_fallback;
+};
+
+struct rp_dispatcher {
+    uv_loop_t *loop;
+    const rp_dispatcher_cfg_t *cfg;
+    rp_dispatcher_shared_t *sh;
+    int index; /* the thread's number, from 0 */
+    rp_httpd_t *httpd;
+    rp_producer_t *producer;
+    rp_pg_t *pg;
+    rp_redis_t *rl_redis;
+    rp_http_t *http;
+    rp_jwt_verifier_t *jwt;
+
+    /* this thread's handles on shared series */
+    rp_series_t *s_requests[NROUTES][600];
+    rp_series_t *s_thread; /* requests answered by this thread */
 
     /* JWKS */
     int jwks_is_url;
@@ -155,6 +181,21 @@ static uint64_t now_ms(const rp_dispatcher_t *d)
 /* ------------------------------------------------------------------ */
 /* answers                                                             */
 
+static rp_series_t *requests_series(rp_dispatcher_t *d, route_t route, int status);
+
+/* Count an answer for /metrics: by route and status, its latency, and the
+ * thread that gave it (one hold of the registry's lock for the three). */
+static void count_answer(rp_dispatcher_t *d, const rq_t *rq, int status)
+{
+    double secs = (double)(uv_hrtime() - rq->t0) / 1e9;
+    rp_series_t *s = requests_series(d, rq->route, status);
+    rp_metrics_hold(d->sh->metrics);
+    rp_series_inc(s);
+    rp_series_observe(d->sh->s_latency[rq->route], secs);
+    rp_series_inc(d->s_thread);
+    rp_metrics_release(d->sh->metrics);
+}
+
 static rp_series_t *requests_series(rp_dispatcher_t *d, route_t route, int status)
 {
     if (status < 100 || status >= 600)
@@ -163,7 +204,8 @@ static rp_series_t *requests_series(rp_dispatcher_t *d, route_t route, int statu
     if (*slot == NULL) {
         char code[8];
         snprintf(code, sizeof(code), "%d", status);
-        *slot = rp_metric_labels(d->m_requests, (const char *const[]){route_names[route], code});
+        *slot =
+            rp_metric_labels(d->sh->m_requests, (const char *const[]){route_names[route], code});
     }
     return *slot;
 }
@@ -174,6 +216,7 @@ static void rq_free(rq_t *rq)
     rp_chat_request_free(&rq->body);
     free(rq);
     d->inflight--;
+    atomic_fetch_sub_explicit(&d->sh->inflight, 1, memory_order_relaxed);
     if (d->draining && !d->closing && d->inflight == 0 && d->drain_timer_on) {
         /* Close on the next turn: we may be inside a back end's callback,
          * and a library must not be closed from its own callback. */
@@ -226,8 +269,7 @@ static void rq_respond(rq_t *rq, int status, const char *const *extra, const cha
         hdrs[n++] = extra[i];
     hdrs[n] = NULL;
 
-    rp_series_inc(requests_series(d, rq->route, status));
-    rp_series_observe(d->s_latency[rq->route], (double)(uv_hrtime() - rq->t0) / 1e9);
+    count_answer(d, rq, status);
     if (status >= 500)
         rp_log_warn("http.error", rq->job_id[0] ? rq->job_id : NULL, "%s %s -> %d",
                     rp_httpd_method(rq->req), route_names[rq->route], status);
@@ -257,7 +299,7 @@ static void rq_unauthorized(rq_t *rq, const char *code, const char *message)
     static const char *const missing[] = {"WWW-Authenticate: Bearer realm=\"ragpool\"", NULL};
     static const char *const invalid[] = {
         "WWW-Authenticate: Bearer realm=\"ragpool\", error=\"invalid_token\"", NULL};
-    rp_series_inc(rq->d->s_auth_failed);
+    rp_series_inc(rq->d->sh->s_auth_failed);
     rq_error(rq, 401, code, message, strcmp(code, "missing_token") == 0 ? missing : invalid);
 }
 
@@ -298,7 +340,7 @@ static void on_enqueued(void *data, int err, const char *job_id, int existing, c
         rp_buf_free(&b);
         return;
     }
-    rp_series_inc(d->s_enqueue_errors);
+    rp_series_inc(d->sh->s_enqueue_errors);
     if (err == RP_EINVAL) {
         rq_error(rq, 422, "rejected",
                  message != NULL && message[0] ? message : "the queue refused the job", NULL);
@@ -322,7 +364,7 @@ static void chat_enqueue(rq_t *rq)
     rq->state = RQ_WAIT_ENQUEUE;
     int rc = d->closing ? RP_ECLOSED : rp_producer_enqueue(d->producer, &e, on_enqueued, rq);
     if (rc < 0) {
-        rp_series_inc(d->s_enqueue_errors);
+        rp_series_inc(d->sh->s_enqueue_errors);
         rq_unavailable(rq, "queue_unavailable", "the queue cannot take the job now; retry later");
     }
 }
@@ -335,14 +377,17 @@ static void rq_too_many(rq_t *rq, int64_t wait_ms)
     char retry[48];
     snprintf(retry, sizeof(retry), "Retry-After: %ld", rp_ratelimit_retry_after_s(wait_ms));
     const char *extra[] = {retry, NULL};
-    rp_series_inc(rq->d->s_rate_limited);
+    rp_series_inc(rq->d->sh->s_rate_limited);
     rq_error(rq, 429, "rate_limited", "too many requests; retry after the time in Retry-After",
              extra);
 }
 
 static void chat_limit_local(rq_t *rq)
 {
-    int64_t wait = rp_ratelimit_take(rq->d->rl, rq->claims.sub, (int64_t)now_ms(rq->d));
+    rp_dispatcher_shared_t *sh = rq->d->sh;
+    pthread_mutex_lock(&sh->rl_lock);
+    int64_t wait = rp_ratelimit_take(sh->rl, rq->claims.sub, (int64_t)now_ms(rq->d));
+    pthread_mutex_unlock(&sh->rl_lock);
     if (wait > 0)
         rq_too_many(rq, wait);
     else
@@ -381,7 +426,7 @@ static void on_limit_reply(void *data, int err, const rp_redis_reply_t *reply)
     }
     /* Redis is unreachable or answered nonsense: limit locally rather than
      * refuse everyone or let everyone through. */
-    rp_series_inc(d->s_rl_fallback);
+    rp_series_inc(d->sh->s_rl_fallback);
     chat_limit_local(rq);
 }
 
@@ -407,7 +452,7 @@ static void send_limit_command(rq_t *rq)
                         : rp_redis_command(d->rl_redis, 6, argv, lens, LIMIT_TIMEOUT_MS,
                                            on_limit_reply, rq);
     if (rc < 0) {
-        rp_series_inc(d->s_rl_fallback);
+        rp_series_inc(d->sh->s_rl_fallback);
         chat_limit_local(rq);
     }
 }
@@ -415,7 +460,7 @@ static void send_limit_command(rq_t *rq)
 static void chat_limit(rq_t *rq)
 {
     rp_dispatcher_t *d = rq->d;
-    if (d->rl == NULL)
+    if (d->sh->rl == NULL)
         chat_enqueue(rq);
     else if (d->rl_redis != NULL && rp_redis_is_up(d->rl_redis))
         send_limit_command(rq);
@@ -552,7 +597,7 @@ static void job_authorized(rq_t *rq)
 
 static void jwks_loaded(rp_dispatcher_t *d, int ok)
 {
-    rp_series_inc(d->s_jwks[ok ? 0 : 1]);
+    rp_series_inc(d->sh->s_jwks[ok ? 0 : 1]);
     rq_t *w = d->jwks_waiters;
     d->jwks_waiters = NULL;
     while (w != NULL) {
@@ -723,17 +768,18 @@ static void health(rq_t *rq)
 
 static void on_collect(void *data, rp_metrics_t *m)
 {
-    rp_dispatcher_t *d = data;
-    rp_series_set(d->s_inflight, (double)d->inflight);
+    rp_dispatcher_shared_t *sh = data;
+    (void)m;
+    rp_series_set(sh->s_inflight,
+                  (double)atomic_load_explicit(&sh->inflight, memory_order_relaxed));
 }
 
 /* The metrics answer is text, not JSON: answered here, not by rq_respond. */
 static void metrics_answer(rq_t *rq)
 {
     rp_dispatcher_t *d = rq->d;
-    rp_series_inc(requests_series(d, ROUTE_METRICS, 200));
-    rp_series_observe(d->s_latency[ROUTE_METRICS], (double)(uv_hrtime() - rq->t0) / 1e9);
-    rp_metrics_respond(d->metrics, rq->req);
+    count_answer(d, rq, 200);
+    rp_metrics_respond(d->sh->metrics, rq->req);
     rq->req = NULL;
     rq_free(rq);
 }
@@ -762,7 +808,7 @@ static void on_stats(void *data, const rp_pg_res_t *res)
     int ok =
         rp_pg_res_error(res) == 0 && rp_pg_res_ntuples(res) == 1 && rp_pg_res_nfields(res) == 4;
     for (int i = 0; ok && i < 4; i++)
-        rp_series_set(d->s_queue[i], strtod(rp_pg_res_value(res, 0, i), NULL));
+        rp_series_set(d->sh->s_queue[i], strtod(rp_pg_res_value(res, 0, i), NULL));
     stats_answered(d, ok);
 }
 
@@ -770,10 +816,10 @@ static void on_depth(void *data, int err, const rp_queue_depth_t *depth)
 {
     rp_dispatcher_t *d = data;
     if (err == 0) {
-        rp_series_set(d->s_queue[0], (double)depth->queued);
-        rp_series_set(d->s_queue[1], (double)depth->scheduled);
-        rp_series_set(d->s_queue[2], (double)depth->running);
-        rp_series_set(d->s_queue[3], (double)depth->dead);
+        rp_series_set(d->sh->s_queue[0], (double)depth->queued);
+        rp_series_set(d->sh->s_queue[1], (double)depth->scheduled);
+        rp_series_set(d->sh->s_queue[2], (double)depth->running);
+        rp_series_set(d->sh->s_queue[3], (double)depth->dead);
     }
     stats_answered(d, err == 0);
 }
@@ -837,6 +883,7 @@ static void on_request(void *data, rp_httpd_req_t *req)
     rq->t0 = uv_hrtime();
     rq->route = ROUTE_OTHER;
     d->inflight++;
+    size_t all = atomic_fetch_add_explicit(&d->sh->inflight, 1, memory_order_relaxed) + 1;
 
     const char *method = rp_httpd_method(req);
     const char *path = rp_httpd_path(req);
@@ -862,7 +909,7 @@ static void on_request(void *data, rp_httpd_req_t *req)
         preflight(rq);
         return;
     }
-    if (d->closing || d->inflight > (size_t)d->cfg->max_inflight) {
+    if (d->closing || all > (size_t)d->cfg->max_inflight) {
         rq_unavailable(rq, "overloaded", "the dispatcher is busy or stopping; retry later");
         return;
     }
@@ -910,13 +957,13 @@ static void on_request(void *data, rp_httpd_req_t *req)
 /* ------------------------------------------------------------------ */
 /* life cycle                                                          */
 
-static int metrics_init(rp_dispatcher_t *d)
+static int metrics_init(rp_dispatcher_shared_t *sh)
 {
-    rp_metrics_t *m = rp_metrics_new();
+    rp_metrics_t *m = rp_metrics_new_shared();
     if (m == NULL)
         return RP_ENOMEM;
-    d->metrics = m;
-    d->m_requests =
+    sh->metrics = m;
+    sh->m_requests =
         rp_metrics_counter(m, "ragpool_dispatcher_requests_total",
                            "HTTP requests answered, by route and status.", "route,status");
     rp_metric_t *lat =
@@ -924,32 +971,35 @@ static int metrics_init(rp_dispatcher_t *d)
                              "Time from a request's arrival to its answer, by route.", "route",
                              rp_metrics_latency_bounds, rp_metrics_latency_nbounds);
     for (int r = 0; r < NROUTES; r++)
-        d->s_latency[r] = rp_metric_labels(lat, (const char *const[]){route_names[r]});
-    d->s_enqueue_errors = rp_metric_labels(
+        sh->s_latency[r] = rp_metric_labels(lat, (const char *const[]){route_names[r]});
+    sh->s_enqueue_errors = rp_metric_labels(
         rp_metrics_counter(m, "ragpool_dispatcher_enqueue_errors_total",
                            "Jobs the queue did not accept (unreachable, timed out or refused).",
                            NULL),
         NULL);
-    d->s_rate_limited = rp_metric_labels(
+    sh->s_rate_limited = rp_metric_labels(
         rp_metrics_counter(m, "ragpool_dispatcher_rate_limited_total",
                            "Chat requests refused with 429 by the per-user rate limit.", NULL),
         NULL);
-    d->s_auth_failed = rp_metric_labels(
+    sh->s_auth_failed = rp_metric_labels(
         rp_metrics_counter(m, "ragpool_dispatcher_auth_failures_total",
                            "Requests refused with 401 (missing or invalid token).", NULL),
         NULL);
-    d->s_rl_fallback = rp_metric_labels(
+    sh->s_rl_fallback = rp_metric_labels(
         rp_metrics_counter(m, "ragpool_dispatcher_rate_limit_fallbacks_total",
                            "Rate-limit decisions made locally because Redis did not answer.", NULL),
         NULL);
     rp_metric_t *jwks = rp_metrics_counter(m, "ragpool_dispatcher_jwks_loads_total",
                                            "JWKS reads, by result.", "result");
-    d->s_jwks[0] = rp_metric_labels(jwks, (const char *const[]){"ok"});
-    d->s_jwks[1] = rp_metric_labels(jwks, (const char *const[]){"failed"});
-    d->s_inflight =
+    sh->s_jwks[0] = rp_metric_labels(jwks, (const char *const[]){"ok"});
+    sh->s_jwks[1] = rp_metric_labels(jwks, (const char *const[]){"failed"});
+    sh->s_inflight =
         rp_metric_labels(rp_metrics_gauge(m, "ragpool_dispatcher_requests_in_flight",
                                           "Requests received and not yet answered.", NULL),
                          NULL);
+    sh->m_thread =
+        rp_metrics_counter(m, "ragpool_dispatcher_thread_requests_total",
+                           "HTTP requests answered, by the thread that answered.", "thread");
     rp_metric_t *depth = rp_metrics_gauge(
         m, "ragpool_queue_jobs",
         "Jobs in the queue by state (Postgres: ragpool.queue_stats(); Redis: the stream, its "
@@ -957,9 +1007,9 @@ static int metrics_init(rp_dispatcher_t *d)
         "state");
     static const char *const states[4] = {"queued", "scheduled", "running", "dead"};
     for (int i = 0; i < 4; i++)
-        d->s_queue[i] = rp_metric_labels(depth, (const char *const[]){states[i]});
-    if (d->m_requests == NULL || lat == NULL || d->s_inflight == NULL || d->s_queue[3] == NULL ||
-        rp_metrics_on_collect(m, on_collect, d) < 0)
+        sh->s_queue[i] = rp_metric_labels(depth, (const char *const[]){states[i]});
+    if (sh->m_requests == NULL || lat == NULL || sh->s_inflight == NULL || sh->s_queue[3] == NULL ||
+        sh->m_thread == NULL || rp_metrics_on_collect(m, on_collect, sh) < 0)
         return RP_ENOMEM;
     return 0;
 }
@@ -979,15 +1029,58 @@ static void script_sha1(const char *text, char out[41])
     out[40] = '\0';
 }
 
+void rp_dispatcher_shared_free(rp_dispatcher_shared_t *sh)
+{
+    if (sh == NULL)
+        return;
+    rp_ratelimit_free(sh->rl);
+    if (sh->rl_lock_on)
+        pthread_mutex_destroy(&sh->rl_lock);
+    rp_metrics_free(sh->metrics);
+    free(sh);
+}
+
+rp_dispatcher_shared_t *rp_dispatcher_shared_new(const rp_dispatcher_cfg_t *cfg, int nthreads,
+                                                 rp_err_t *err)
+{
+    rp_dispatcher_shared_t *sh = calloc(1, sizeof(*sh));
+    if (sh == NULL) {
+        rp_err_set(err, RP_ENOMEM, "out of memory");
+        return NULL;
+    }
+    sh->cfg = cfg;
+    sh->nthreads = nthreads > 0 ? nthreads : 1;
+    atomic_init(&sh->inflight, 0);
+    if (pthread_mutex_init(&sh->rl_lock, NULL) != 0) {
+        rp_err_set(err, RP_ENOMEM, "cannot create a lock");
+        goto fail;
+    }
+    sh->rl_lock_on = 1;
+    if (metrics_init(sh) < 0) {
+        rp_err_set(err, RP_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (cfg->rate_limit_rps > 0) {
+        sh->rl = rp_ratelimit_new(cfg->rate_limit_rps, cfg->rate_limit_burst, 1000000);
+        if (sh->rl == NULL) {
+            rp_err_set(err, RP_EINVAL, "RAGPOOL_RATE_LIMIT_RPS/BURST: cannot make the limiter");
+            goto fail;
+        }
+    }
+    return sh;
+fail:
+    rp_dispatcher_shared_free(sh);
+    return NULL;
+}
+
 static void free_parts(rp_dispatcher_t *d)
 {
     rp_jwt_verifier_free(d->jwt);
-    rp_ratelimit_free(d->rl);
-    rp_metrics_free(d->metrics);
     free(d);
 }
 
-rp_dispatcher_t *rp_dispatcher_new(uv_loop_t *loop, const rp_dispatcher_cfg_t *cfg, rp_err_t *err)
+rp_dispatcher_t *rp_dispatcher_new(uv_loop_t *loop, const rp_dispatcher_cfg_t *cfg,
+                                   rp_dispatcher_shared_t *sh, int index, rp_err_t *err)
 {
     rp_dispatcher_t *d = calloc(1, sizeof(*d));
     if (d == NULL) {
@@ -996,10 +1089,11 @@ rp_dispatcher_t *rp_dispatcher_new(uv_loop_t *loop, const rp_dispatcher_cfg_t *c
     }
     d->loop = loop;
     d->cfg = cfg;
-    if (metrics_init(d) < 0) {
-        rp_err_set(err, RP_ENOMEM, "out of memory");
-        goto fail;
-    }
+    d->sh = sh;
+    d->index = index;
+    char thread[16];
+    snprintf(thread, sizeof(thread), "%d", index);
+    d->s_thread = rp_metric_labels(sh->m_thread, (const char *const[]){thread});
     rp_jwt_policy_t pol = {
         .audience = cfg->jwt_audience,
         .roles = cfg->jwt_roles,
@@ -1024,14 +1118,8 @@ rp_dispatcher_t *rp_dispatcher_new(uv_loop_t *loop, const rp_dispatcher_cfg_t *c
             d->jwks_last_ms = now_ms(d);
         }
     }
-    if (cfg->rate_limit_rps > 0) {
-        d->rl = rp_ratelimit_new(cfg->rate_limit_rps, cfg->rate_limit_burst, 1000000);
-        if (d->rl == NULL) {
-            rp_err_set(err, RP_EINVAL, "RAGPOOL_RATE_LIMIT_RPS/BURST: cannot make the limiter");
-            goto fail;
-        }
+    if (sh->rl != NULL)
         script_sha1(rp_ratelimit_lua, d->rl_sha);
-    }
     return d;
 fail:
     free_parts(d);
@@ -1066,7 +1154,7 @@ int rp_dispatcher_start(rp_dispatcher_t *d, rp_err_t *err)
         return rp_err_set(err, rc, "cannot start the %s producer", cfg->queue);
 
     const char *rl_url = rp_dispatcher_cfg_ratelimit_redis(cfg);
-    if (d->rl != NULL && rl_url != NULL) {
+    if (d->sh->rl != NULL && rl_url != NULL) {
         rp_redis_opts_t ro = {.command_timeout_ms = LIMIT_TIMEOUT_MS};
         d->rl_redis = rp_redis_new(d->loop, rl_url, &ro, err);
         if (d->rl_redis == NULL)
@@ -1095,15 +1183,19 @@ int rp_dispatcher_start(rp_dispatcher_t *d, rp_err_t *err)
      * large still gets our JSON 413; far larger ones are cut off early. */
     rp_httpd_opts_t ho = {
         .host = cfg->host,
-        .port = (int)cfg->port,
+        .port = d->index > 0 && d->sh->port > 0 ? d->sh->port : (int)cfg->port,
         .max_body_bytes = (size_t)cfg->max_body_bytes * 2 + 4096,
+        .reuse_port = d->sh->nthreads > 1,
         .handler = on_request,
         .data = d,
     };
     d->httpd = rp_httpd_new(d->loop, &ho, err);
     if (d->httpd == NULL)
         return err->code ? err->code : RP_EINVAL;
-    return rp_httpd_start(d->httpd, err);
+    rc = rp_httpd_start(d->httpd, err);
+    if (rc == 0 && d->index == 0)
+        d->sh->port = rp_httpd_port(d->httpd);
+    return rc;
 }
 
 int rp_dispatcher_port(const rp_dispatcher_t *d)

@@ -5,6 +5,7 @@
 #include "dispatcher_config.h"
 
 #include <string.h>
+#include <uv.h>
 
 #include "log.h"
 
@@ -17,6 +18,9 @@ const rp_cfg_def_t rp_dispatcher_cfg_defs[] = {
      "Port to listen on; 0 picks a free port."},
     {"RAGPOOL_DISPATCHER_PORT_FILE", RP_CFG_STR, OFF(port_file), NULL, 1, 0, 0,
      "File to write the bound port to once listening (for scripts and tests)."},
+    {"RAGPOOL_DISPATCHER_THREADS", RP_CFG_INT, OFF(threads), "0", 0, 256, 0,
+     "Event-loop threads serving requests, each with its own queue and database connections, "
+     "all on the one port (SO_REUSEPORT); 0 = one per CPU this process may use."},
     {"RAGPOOL_QUEUE", RP_CFG_STR, OFF(queue), "postgres", 1, 0, 0,
      "Queue backend jobs are enqueued to: postgres or redis."},
     {"DATABASE_URL", RP_CFG_STR, OFF(database_url), NULL, 1, 0, RP_CFG_REQUIRED | RP_CFG_SECRET,
@@ -67,7 +71,7 @@ const rp_cfg_def_t rp_dispatcher_cfg_defs[] = {
      "How long /metrics reuses the queue depth it read (ragpool.queue_stats, or the Redis "
      "queue's keys)."},
     {"RAGPOOL_MAX_INFLIGHT", RP_CFG_INT, OFF(max_inflight), "65536", 1, 10000000, 0,
-     "Requests in progress at once; beyond, new ones get 503."},
+     "Requests in progress at once over all threads; beyond, new ones get 503."},
     {"RAGPOOL_LOG_LEVEL", RP_CFG_STR, OFF(log_level), "info", 1, 0, 0,
      "Lowest log level written: debug, info, warn or error."},
 };
@@ -121,4 +125,12 @@ const char *rp_dispatcher_cfg_ratelimit_redis(const rp_dispatcher_cfg_t *cfg)
     if (set(cfg->rate_limit_redis))
         return strcmp(cfg->rate_limit_redis, "off") == 0 ? NULL : cfg->rate_limit_redis;
     return set(cfg->redis_url) ? cfg->redis_url : NULL;
+}
+
+int rp_dispatcher_threads(const rp_dispatcher_cfg_t *cfg)
+{
+    if (cfg->threads > 0)
+        return (int)cfg->threads;
+    unsigned n = uv_available_parallelism();
+    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
 }

@@ -16,7 +16,8 @@ typedef struct rp_dispatcher_cfg {
     char *host;
     long port;
     char *port_file;
-    char *queue; /* "postgres" or "redis" */
+    long threads; /* 0 = one per CPU (rp_dispatcher_threads) */
+    char *queue;  /* "postgres" or "redis" */
     char *database_url;
     char *redis_url;
     char *redis_stream;
@@ -54,5 +55,9 @@ void rp_dispatcher_cfg_free(rp_dispatcher_cfg_t *cfg);
 /* The Redis URL the rate limiter uses: RAGPOOL_RATE_LIMIT_REDIS, else
  * REDIS_URL; NULL for a local limiter ("off", or neither set).  Borrowed. */
 const char *rp_dispatcher_cfg_ratelimit_redis(const rp_dispatcher_cfg_t *cfg);
+
+/* The number of threads to run: RAGPOOL_DISPATCHER_THREADS, or with 0 the
+ * CPUs this process may use (uv_available_parallelism). */
+int rp_dispatcher_threads(const rp_dispatcher_cfg_t *cfg);
 
 #endif

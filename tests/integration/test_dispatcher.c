@@ -17,7 +17,13 @@
  *    two dispatchers;
  *  - /healthz (200, and 503 naming Postgres when it is unreachable),
  *    /metrics, CORS preflight, SIGTERM ends with status 0;
- *  - RAGPOOL_QUEUE=redis: 202 once the entry is in the stream.
+ *  - RAGPOOL_QUEUE=redis: 202 once the entry is in the stream;
+ *  - RAGPOOL_DISPATCHER_THREADS=4: connections are spread over the threads,
+ *    /metrics counts every thread's answers, the local rate limit is one
+ *    bucket per user for the whole process, SIGTERM drains every thread.
+ *
+ * ctest runs this program twice: with the default number of threads (one
+ * per CPU) and as integration/threads1/test_dispatcher with one.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,7 +57,6 @@ typedef struct world {
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                             */
-
 
 typedef struct disp {
     rp_test_proc_t *p;
@@ -126,7 +131,7 @@ static char *hs_token(const char *sub, const char *aud, const char *role, long e
 /* POST /v1/chat with token (may be NULL), content type (may be NULL),
  * idempotency key (may be NULL) and body. */
 static rp_test_resp_t chat(const disp_t *d, const char *token, const char *ctype, const char *idem,
-                   const char *body)
+                           const char *body)
 {
     char auth[9000], ct[128], ik[300];
     const char *h[4];
@@ -252,6 +257,16 @@ static long long jobs_count(world_t *w)
 
 /* ------------------------------------------------------------------ */
 /* tests                                                               */
+
+/* A user id no other run shares (the shared limit's buckets live in the
+ * one Redis every test program uses, and ctest runs this program twice at
+ * once). */
+static void fresh_user(char out[64])
+{
+    static int seq;
+    snprintf(out, 64, "00000000-0000-4000-8000-%06d%06d", (int)(getpid() % 1000000),
+             (int)((time(NULL) * 10 + ++seq) % 1000000));
+}
 
 static void test_every_refusal(void **state)
 {
@@ -450,8 +465,7 @@ static void test_rate_limit(void **state)
 
     /* Shared through Redis: two dispatchers, one bucket per user. */
     char user[64], rl[300];
-    snprintf(user, sizeof(user), "00000000-0000-4000-8000-%012lld",
-             (long long)(time(NULL) % 1000000000000LL));
+    fresh_user(user);
     snprintf(rl, sizeof(rl), "RAGPOOL_RATE_LIMIT_REDIS=%s", rp_test_env("REDIS_URL"));
     const char *shared[] = {"RAGPOOL_RATE_LIMIT_RPS=0.01", "RAGPOOL_RATE_LIMIT_BURST=2", rl, NULL};
     disp_t d1 = disp_start(w, "dispatcher-r1", shared);
@@ -543,6 +557,87 @@ static void test_health_metrics_cors_sigterm(void **state)
     rp_test_ctx_pass(w->t);
 }
 
+/* The value of the first /metrics line starting with prefix, or -1. */
+static long long metric(const char *text, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, prefix, n) == 0 && p[n] == ' ')
+            return atoll(p + n + 1);
+    return -1;
+}
+
+static void test_threads(void **state)
+{
+    world_t *w = world(state, "disp_threads");
+    const char *J = "application/json";
+    static const char *const four[] = {"RAGPOOL_DISPATCHER_THREADS=4", NULL};
+    disp_t d = disp_start(w, "dispatcher-4", four);
+    rp_test_assert(w->t, rp_test_proc_log_count(d.p, "\"threads\":4") == 1);
+    char *a = hs_token(USER_A, "authenticated", "authenticated", 3600);
+    /* Each request is a new connection: the kernel spreads them. */
+    for (int i = 0; i < 40; i++)
+        free(expect_accepted(w, chat(&d, a, J, NULL, "{\"message\":\"spread\"}")));
+    rp_test_assert(w->t, jobs_count(w) == 40);
+    char *u = url(&d, "/metrics");
+    rp_test_resp_t r = rp_test_request("GET", u, NULL, NULL, 0);
+    rp_test_assert(w->t, r.status == 200);
+    rp_test_assert(w->t, metric(r.body, "ragpool_dispatcher_requests_total{route=\"chat\","
+                                        "status=\"202\"}") == 40);
+    long long sum = 0;
+    int busy = 0;
+    for (int i = 0; i < 4; i++) {
+        char name[96];
+        snprintf(name, sizeof(name), "ragpool_dispatcher_thread_requests_total{thread=\"%d\"}", i);
+        long long v = metric(r.body, name);
+        rp_test_assert(w->t, v >= 0);
+        sum += v > 0 ? v : 0;
+        busy += v > 0;
+    }
+    /* 40 chats and this /metrics request, answered by more than one thread
+     * (all 41 connections on one of 4 threads: about 4^-40). */
+    rp_test_assert(w->t, sum == 41);
+    rp_test_assert(w->t, busy >= 2);
+    rp_test_resp_free(&r);
+    free(u);
+
+    /* The local limit is the process's, not each thread's: burst 2 over
+     * eight connections lets exactly two through. */
+    char user[64];
+    fresh_user(user);
+    static const char *const limited[] = {"RAGPOOL_DISPATCHER_THREADS=4",
+                                          "RAGPOOL_RATE_LIMIT_RPS=0.01",
+                                          "RAGPOOL_RATE_LIMIT_BURST=2", NULL};
+    disp_t l = disp_start(w, "dispatcher-4-limited", limited);
+    char *b = hs_token(user, "authenticated", "authenticated", 3600);
+    int accepted = 0, refused = 0;
+    for (int i = 0; i < 8; i++) {
+        rp_test_resp_t c = chat(&l, b, J, NULL, "{\"message\":\"limited\"}");
+        if (c.status == 202) {
+            accepted++;
+            rp_test_resp_free(&c);
+        } else {
+            refused++;
+            expect_error(w, c, 429, "rate_limited");
+        }
+    }
+    rp_test_assert(w->t, accepted == 2 && refused == 6);
+    rp_test_assert(w->t, jobs_count(w) == 42);
+    u = url(&l, "/metrics");
+    r = rp_test_request("GET", u, NULL, NULL, 0);
+    rp_test_assert(w->t, metric(r.body, "ragpool_dispatcher_rate_limited_total") == 6);
+    rp_test_resp_free(&r);
+    free(u);
+
+    /* SIGTERM: every thread drains, one "stopped" line, status 0. */
+    stop_clean(w, &d);
+    stop_clean(w, &l);
+    rp_test_assert(w->t, rp_test_proc_log_count(d.p, "\"event\":\"dispatcher.closing\"") == 4);
+    free(a);
+    free(b);
+    rp_test_ctx_pass(w->t);
+}
+
 static void test_redis_queue(void **state)
 {
     world_t *w = world(state, "disp_redis");
@@ -595,6 +690,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_metrics_cors_sigterm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_queue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
