@@ -34,6 +34,11 @@ typedef struct rp_chat_request {
  * complete error body (rp_error_json) is appended to errbody and out holds
  * nothing.  Returns RP_ENOMEM (negative) when out of memory. */
 int rp_chat_request_parse(const char *body, size_t len, rp_chat_request_t *out, rp_buf_t *errbody);
+/* The same answer through jansson only (rp_chat_request_parse takes plain
+ * bodies without building a tree, and hands everything else to this);
+ * for the tests that compare the two. */
+int rp_chat_request_parse_json(const char *body, size_t len, rp_chat_request_t *out,
+                               rp_buf_t *errbody);
 void rp_chat_request_free(rp_chat_request_t *r);
 
 /* From an Authorization header value, the token of "Bearer <token>" (scheme

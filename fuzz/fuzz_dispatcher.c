@@ -74,6 +74,22 @@ static void check_body(const char *body, size_t len)
     rp_chat_request_t r;
     rp_buf_t eb = RP_BUF_INIT;
     int rc = rp_chat_request_parse(body, len, &r, &eb);
+    /* The plain-body path and jansson's must agree on everything. */
+    rp_chat_request_t j;
+    rp_buf_t ej = RP_BUF_INIT;
+    int rj = rp_chat_request_parse_json(body, len, &j, &ej);
+    if (rc != RP_ENOMEM && rj != RP_ENOMEM &&
+        (rc != rj || eb.len != ej.len || (eb.len > 0 && memcmp(eb.data, ej.data, eb.len) != 0) ||
+         (rc == 0 &&
+          (strcmp(r.message, j.message) != 0 ||
+           (r.conversation_id == NULL) != (j.conversation_id == NULL) ||
+           (r.conversation_id != NULL && strcmp(r.conversation_id, j.conversation_id) != 0) ||
+           (r.options_json == NULL) != (j.options_json == NULL) ||
+           (r.options_json != NULL && strcmp(r.options_json, j.options_json) != 0)))))
+        abort();
+    if (rj == 0)
+        rp_chat_request_free(&j);
+    rp_buf_free(&ej);
     if (rc == 0) {
         size_t n = strlen(r.message);
         if (n == 0 || n > RP_CHAT_MESSAGE_MAX || eb.len != 0)

@@ -20,7 +20,7 @@ if ! command -v clang >/dev/null || ! dpkg-query -W -f='${Status}' libclang-rt-1
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        clang libclang-rt-14-dev libssl-dev libjansson-dev libhttp-parser-dev >/dev/null
+        clang libclang-rt-14-dev libssl-dev libjansson-dev libhttp-parser-dev libmsgpack-dev >/dev/null
 fi
 
 mkdir -p "$OUT/corpus" "$OUT/artifacts"
@@ -28,8 +28,8 @@ clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
     -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
     -I"$ROOT/common" -I"$ROOT/dispatcher" \
     "$ROOT/fuzz/fuzz_dispatcher.c" "$ROOT/dispatcher/request.c" "$ROOT/common/jwt.c" \
-    "$ROOT/common/buf.c" "$ROOT/common/err.c" \
-    $(pkg-config --cflags --libs libcrypto jansson) -lhttp_parser \
+    "$ROOT/common/buf.c" "$ROOT/common/err.c" "$ROOT/common/job.c" \
+    $(pkg-config --cflags --libs libcrypto jansson msgpack) -lhttp_parser -lm \
     -o "$OUT/fuzz_dispatcher"
 
 echo "fuzz/run.sh: running $OUT/fuzz_dispatcher for ${SECONDS_TO_RUN}s" >&2

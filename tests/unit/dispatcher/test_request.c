@@ -260,6 +260,134 @@ static void test_error_json(void **state)
     rp_buf_free(&b);
 }
 
+/* rp_chat_request_parse takes plain bodies without jansson; every answer
+ * must equal rp_chat_request_parse_json's.  Bodies are built from pieces
+ * that sit on both sides of every rule the plain path checks (keys,
+ * escapes, control characters, UTF-8, lengths, null, whitespace, trailing
+ * bytes, duplicates, other fields), with a fixed seed. */
+static const char *const KEYS[] = {
+    "\"message\"", "\"conversation_id\"", "\"options\"", "\"mess\\u0061ge\"",
+    "\"Message\"", "\"message \"",        "message"};
+static const char *const WS[] = {"", " ", "\n\t", "\r\n  ", "", "", "", "\f", "\xc2\xa0"};
+
+/* Whitespace between tokens: JSON's own, and now and then what is not. */
+static const char *ws(unsigned *seed)
+{
+    unsigned r = (unsigned)rand_r(seed) % 60;
+    return WS[r < 58 ? r % 7 : 7 + r % 2];
+}
+
+static void put_value(rp_buf_t *b, unsigned *seed)
+{
+    static const char *const fixed[] = {"null",
+                                        "1",
+                                        "true",
+                                        "{}",
+                                        "[]",
+                                        "\"\"",
+                                        "\"a\\\"b\"",
+                                        "\"tab\there\"",
+                                        "\"caf\xc3\xa9\"",
+                                        "\"\xc3\"",
+                                        "\"\xed\xa0\x80\"",
+                                        "\"\xf4\x90\x80\x80\"",
+                                        "\"\xe2\x82\xac \xf0\x9f\x98\x80\"",
+                                        "\"\xc0\xaf\"",
+                                        "\"x\x7f\"",
+                                        "{\"match_count\":3}",
+                                        "\"What is TON token?\"",
+                                        "\"nul\\u0000\"",
+                                        "\"\x01\"",
+                                        "nul",
+                                        "\"unterminated"};
+    unsigned r = (unsigned)rand_r(seed) % 24;
+    if (r < 21) {
+        rp_buf_puts(b, fixed[r]);
+        return;
+    }
+    /* Long strings around the limits. */
+    size_t sizes[] = {RP_CHAT_MESSAGE_MAX, RP_CHAT_MESSAGE_MAX + 1, RP_CONVERSATION_ID_MAX,
+                      RP_CONVERSATION_ID_MAX + 1};
+    size_t n = sizes[(unsigned)rand_r(seed) % 4];
+    rp_buf_putc(b, '"');
+    for (size_t i = 0; i < n; i++)
+        rp_buf_putc(b, (char)('a' + i % 26));
+    rp_buf_putc(b, '"');
+}
+
+static void expect_same(const char *body, size_t len)
+{
+    rp_chat_request_t a, b;
+    rp_buf_t ea = RP_BUF_INIT, eb = RP_BUF_INIT;
+    int ra = rp_chat_request_parse(body, len, &a, &ea);
+    int rb = rp_chat_request_parse_json(body, len, &b, &eb);
+    if (ra != rb || (a.message == NULL) != (b.message == NULL) ||
+        (a.message != NULL && strcmp(a.message, b.message) != 0) ||
+        (a.conversation_id == NULL) != (b.conversation_id == NULL) ||
+        (a.conversation_id != NULL && strcmp(a.conversation_id, b.conversation_id) != 0) ||
+        (a.options_json == NULL) != (b.options_json == NULL) ||
+        (a.options_json != NULL && strcmp(a.options_json, b.options_json) != 0) ||
+        (ea.data == NULL) != (eb.data == NULL) ||
+        (ea.data != NULL && strcmp(ea.data, eb.data) != 0))
+        fail_msg("the paths differ on %.300s: %d vs %d (%s | %s)", body, ra, rb,
+                 ea.data ? ea.data : "-", eb.data ? eb.data : "-");
+    rp_chat_request_free(&a);
+    rp_chat_request_free(&b);
+    rp_buf_free(&ea);
+    rp_buf_free(&eb);
+}
+
+static void test_plain_path_matches_jansson(void **state)
+{
+    (void)state;
+    unsigned seed = 20261124;
+    int plain = 0;
+    for (int i = 0; i < 20000; i++) {
+        rp_buf_t b = RP_BUF_INIT;
+        rp_buf_puts(&b, ws(&seed));
+        if (rand_r(&seed) % 20 != 0)
+            rp_buf_putc(&b, '{');
+        int nfields = 1 + rand_r(&seed) % 3;
+        for (int f = 0; f < nfields; f++) {
+            if (f > 0 || rand_r(&seed) % 30 == 0)
+                rp_buf_puts(&b, rand_r(&seed) % 30 == 0 ? ";" : ",");
+            rp_buf_puts(&b, ws(&seed));
+            /* Mostly the two plain keys, so whole plain bodies are common. */
+            unsigned k = (unsigned)rand_r(&seed) % 20;
+            rp_buf_puts(&b, KEYS[k < 10 ? 0 : k < 15 ? 1 : k - 13]);
+            rp_buf_puts(&b, ws(&seed));
+            if (rand_r(&seed) % 30 != 0)
+                rp_buf_putc(&b, ':');
+            rp_buf_puts(&b, ws(&seed));
+            if (rand_r(&seed) % 4 != 0)
+                rp_buf_puts(&b, "\"What is TON token?\"");
+            else
+                put_value(&b, &seed);
+        }
+        if (rand_r(&seed) % 20 != 0)
+            rp_buf_putc(&b, '}');
+        rp_buf_puts(&b, ws(&seed));
+        if (rand_r(&seed) % 25 == 0)
+            rp_buf_puts(&b, rand_r(&seed) % 2 ? "x" : "{}");
+        size_t len = b.len;
+        if (rand_r(&seed) % 25 == 0 && len > 0)
+            len = (size_t)rand_r(&seed) % len; /* cut short */
+        assert_false(rp_buf_failed(&b));
+        expect_same(b.data != NULL ? b.data : "", len);
+        rp_chat_request_t r;
+        rp_buf_t e = RP_BUF_INIT;
+        if (rp_chat_request_parse_json(b.data != NULL ? b.data : "", len, &r, &e) == 0) {
+            plain++;
+            rp_chat_request_free(&r);
+        }
+        rp_buf_free(&e);
+        rp_buf_free(&b);
+    }
+    /* Enough accepted bodies that the plain path was really compared. */
+
+    assert_true(plain > 2000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -269,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_headers),
         cmocka_unit_test(test_idempotency_ids),
         cmocka_unit_test(test_error_json),
+        cmocka_unit_test(test_plain_path_matches_jansson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
