@@ -413,11 +413,28 @@ static void conn_flush(conn_t *c)
 
 /* Serialise status line and headers into dst (or just count when dst is
  * NULL); returns the length. */
+/* Decimal digits of v into dst (no NUL); returns how many.  Answers are
+ * formatted per request, and snprintf cost more than the rest of the head. */
+static size_t put_decimal(char *dst, size_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
 static size_t head_format(char *dst, int status, const char *const *headers, const char *extra1,
                           const char *extra2)
 {
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
+    char line[32];
+    memcpy(line, "HTTP/1.1 ", 9);
+    size_t n = 9 + put_decimal(line + 9, status >= 100 && status <= 999 ? (size_t)status : 500);
+    line[n++] = ' ';
     const char *reason = rp_httpd_reason(status);
     size_t len = 0;
 #define PUT(p, l)                                                                                  \
@@ -426,7 +443,7 @@ static size_t head_format(char *dst, int status, const char *const *headers, con
             memcpy(dst + len, (p), (l));                                                           \
         len += (l);                                                                                \
     } while (0)
-    PUT(line, (size_t)n);
+    PUT(line, n);
     PUT(reason, strlen(reason));
     PUT("\r\n", 2);
     for (size_t i = 0; headers != NULL && headers[i] != NULL; i++) {
@@ -1134,8 +1151,11 @@ int rp_httpd_respond(rp_httpd_req_t *r, int status, const char *const *headers, 
     if (r->state != REQ_HANDLER)
         return RP_EINVAL;
     char extra[96];
-    snprintf(extra, sizeof(extra), "Content-Length: %zu\r\nConnection: %s\r\n", len,
-             r->keepalive ? "keep-alive" : "close");
+    memcpy(extra, "Content-Length: ", 16);
+    size_t n = 16 + put_decimal(extra + 16, len);
+    const char *conn =
+        r->keepalive ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n";
+    memcpy(extra + n, conn, strlen(conn) + 1);
     size_t hlen = head_format(NULL, status, headers, extra, NULL);
     size_t blen = r->head_only ? 0 : len;
     wblock_t *b = wblock_new(hlen + blen);

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+
 int rp_user_id_valid(const char *s)
 {
     size_t n = strlen(s);
@@ -71,8 +73,7 @@ static int get_real_option(json_t *opts, const char *name, double min, double ma
         return rp_err_set(err, RP_EINVAL, "options.%s: must be a number", name);
     double d = json_number_value(v);
     if (!(d >= min && d <= max))
-        return rp_err_set(err, RP_EINVAL, "options.%s: must be between %g and %g", name, min,
-                          max);
+        return rp_err_set(err, RP_EINVAL, "options.%s: must be between %g and %g", name, min, max);
     *out = d;
     return 0;
 }
@@ -115,8 +116,7 @@ static int decode_options(json_t *opts, rp_chat_payload_t *out, rp_err_t *err)
     return 0;
 }
 
-int rp_chat_payload_decode_json(const char *json, size_t len, rp_chat_payload_t *out,
-                                rp_err_t *err)
+int rp_chat_payload_decode_json(const char *json, size_t len, rp_chat_payload_t *out, rp_err_t *err)
 {
     memset(out, 0, sizeof(*out));
     out->match_count = out->history_count = out->max_tokens = -1;
@@ -162,8 +162,8 @@ int rp_chat_payload_decode_json(const char *json, size_t len, rp_chat_payload_t 
 
     json_t *msg = json_object_get(root, "message");
     if (!json_is_string(msg)) {
-        rc = rp_err_set(err, RP_EINVAL, "message: %s",
-                        msg == NULL ? "missing" : "must be a string");
+        rc =
+            rp_err_set(err, RP_EINVAL, "message: %s", msg == NULL ? "missing" : "must be a string");
         goto out;
     }
     size_t mlen = json_string_length(msg);
@@ -256,8 +256,8 @@ void rp_chat_payload_free(rp_chat_payload_t *p)
 typedef enum {
     MP_NIL = 0,
     MP_BOOL,
-    MP_INT,   /* fits in int64 */
-    MP_UBIG,  /* unsigned above INT64_MAX */
+    MP_INT,  /* fits in int64 */
+    MP_UBIG, /* unsigned above INT64_MAX */
     MP_FLOAT,
     MP_STR,
     MP_BIN,
@@ -555,12 +555,10 @@ static int mp_map_fields(mp_cur_t *c, const char *what, const char *prefix,
         at[i] = c->p;
         mp_val_t val;
         if (mp_read(c, &val) != 0)
-            return rp_err_set(err, RP_EINVAL, "%s%s: not valid msgpack (truncated)", prefix,
-                              shown);
+            return rp_err_set(err, RP_EINVAL, "%s%s: not valid msgpack (truncated)", prefix, shown);
         int rc = mp_skip_children(c, &val);
         if (rc == -1)
-            return rp_err_set(err, RP_EINVAL, "%s%s: not valid msgpack (truncated)", prefix,
-                              shown);
+            return rp_err_set(err, RP_EINVAL, "%s%s: not valid msgpack (truncated)", prefix, shown);
         if (rc == -2)
             return rp_err_set(err, RP_EINVAL, "%s%s: nested too deeply", prefix, shown);
     }
@@ -589,8 +587,8 @@ static int mp_int_option(const unsigned char *at, const unsigned char *end, cons
     if (v.type != MP_INT && v.type != MP_UBIG)
         return rp_err_set(err, RP_EINVAL, "%soptions.%s: must be an integer", prefix, name);
     if (v.type == MP_UBIG || v.i < min || v.i > max)
-        return rp_err_set(err, RP_EINVAL, "%soptions.%s: must be between %ld and %ld", prefix,
-                          name, min, max);
+        return rp_err_set(err, RP_EINVAL, "%soptions.%s: must be between %ld and %ld", prefix, name,
+                          min, max);
     *out = (int)v.i;
     return 0;
 }
@@ -615,15 +613,15 @@ static int mp_real_option(const unsigned char *at, const unsigned char *end, con
     else
         return rp_err_set(err, RP_EINVAL, "%soptions.%s: must be a number", prefix, name);
     if (!(d >= min && d <= max))
-        return rp_err_set(err, RP_EINVAL, "%soptions.%s: must be between %g and %g", prefix,
-                          name, min, max);
+        return rp_err_set(err, RP_EINVAL, "%soptions.%s: must be between %g and %g", prefix, name,
+                          min, max);
     *out = d;
     return 0;
 }
 
 /* Decode a chat payload map at the cursor; fields are named prefix+name. */
-static int mp_decode_chat(mp_cur_t *c, const char *what, const char *prefix,
-                          rp_chat_payload_t *out, rp_err_t *err)
+static int mp_decode_chat(mp_cur_t *c, const char *what, const char *prefix, rp_chat_payload_t *out,
+                          rp_err_t *err)
 {
     static const char *const fields[] = {"user_id", "message", "options"};
     static const char *const known[] = {"match_count", "match_threshold", "history_count",
@@ -702,16 +700,15 @@ static int mp_decode_chat(mp_cur_t *c, const char *what, const char *prefix,
                 rc = mp_int_option(opt_at[4], oend, prefix, "max_tokens", 1, 32768,
                                    &out->max_tokens, err);
             if (rc == 0)
-                rc = mp_real_option(opt_at[5], oend, prefix, "temperature", 0, 2,
-                                    &out->temperature, err);
+                rc = mp_real_option(opt_at[5], oend, prefix, "temperature", 0, 2, &out->temperature,
+                                    err);
             if (rc != 0)
                 return rc;
             if (opt_at[3] != NULL) {
                 mp_value_at(opt_at[3], oend, &v);
                 if (v.type != MP_NIL) {
                     if (v.type != MP_STR || v.n == 0 || v.n > 200 ||
-                        memchr(v.s, '\0', v.n) != NULL ||
-                        !rp_utf8_valid(v.s, v.n))
+                        memchr(v.s, '\0', v.n) != NULL || !rp_utf8_valid(v.s, v.n))
                         return rp_err_set(err, RP_EINVAL,
                                           "%soptions.model: must be a non-empty string", prefix);
                     out->model = strndup(v.s, v.n);
@@ -759,8 +756,8 @@ static int mp_env_int(const unsigned char *at, const unsigned char *end, const c
     if (v.type != MP_INT && v.type != MP_UBIG)
         return rp_err_set(err, RP_EINVAL, "%s: must be an integer", name);
     if (v.type == MP_UBIG || v.i < min || v.i > max)
-        return rp_err_set(err, RP_EINVAL, "%s: must be between %" PRId64 " and %" PRId64, name,
-                          min, max);
+        return rp_err_set(err, RP_EINVAL, "%s: must be between %" PRId64 " and %" PRId64, name, min,
+                          max);
     *out = v.i;
     return 0;
 }
@@ -768,7 +765,7 @@ static int mp_env_int(const unsigned char *at, const unsigned char *end, const c
 int rp_job_envelope_decode_msgpack(const char *buf, size_t len, rp_job_envelope_t *out,
                                    rp_err_t *err)
 {
-    static const char *const fields[] = {"id",      "kind",          "payload",
+    static const char *const fields[] = {"id",           "kind",    "payload",
                                          "max_attempts", "attempt", "enqueued_at_ms"};
     const unsigned char *at[6];
     memset(out, 0, sizeof(*out));
@@ -806,7 +803,8 @@ int rp_job_envelope_decode_msgpack(const char *buf, size_t len, rp_job_envelope_
         return rp_err_set(err, RP_EINVAL, "kind: must be a string");
     int noop = v.n == 4 && memcmp(v.s, "noop", 4) == 0;
     if (!noop && (v.n != 4 || memcmp(v.s, "chat", 4) != 0))
-        return rp_err_set(err, RP_EINVAL, "kind: unsupported (the kinds are \"chat\" and \"noop\")");
+        return rp_err_set(err, RP_EINVAL,
+                          "kind: unsupported (the kinds are \"chat\" and \"noop\")");
     memcpy(out->kind, noop ? "noop" : "chat", 5);
 
     int64_t x;
@@ -871,32 +869,43 @@ static int mp_pack_chat(msgpack_packer *pk, const rp_chat_payload_t *p)
     return rc;
 }
 
-static char *mp_finish(msgpack_sbuffer *sb, int rc, size_t *len)
+/* The packer writes into an rp_buf_t sized for a usual job: the library's
+ * own buffer starts at 8 KiB, which a job waiting in a batch would hold. */
+static int mp_write(void *data, const char *buf, size_t len)
 {
-    if (rc != 0 || sb->data == NULL) {
-        msgpack_sbuffer_destroy(sb);
+    rp_buf_append(data, buf, len);
+    return rp_buf_failed(data) ? -1 : 0;
+}
+
+static void mp_start(rp_buf_t *b, msgpack_packer *pk)
+{
+    (void)rp_buf_reserve(b, 256);
+    msgpack_packer_init(pk, b, mp_write);
+}
+
+static char *mp_finish(rp_buf_t *b, int rc, size_t *len)
+{
+    if (rc != 0 || rp_buf_failed(b) || b->data == NULL) {
+        rp_buf_free(b);
         return NULL;
     }
-    *len = sb->size;
-    return msgpack_sbuffer_release(sb);
+    return rp_buf_take(b, len);
 }
 
 char *rp_chat_payload_encode_msgpack(const rp_chat_payload_t *p, size_t *len)
 {
-    msgpack_sbuffer sb;
+    rp_buf_t sb = RP_BUF_INIT;
     msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    mp_start(&sb, &pk);
     int rc = mp_pack_chat(&pk, p);
     return mp_finish(&sb, rc, len);
 }
 
 char *rp_job_envelope_encode_msgpack(const rp_job_envelope_t *e, size_t *len)
 {
-    msgpack_sbuffer sb;
+    rp_buf_t sb = RP_BUF_INIT;
     msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    mp_start(&sb, &pk);
     int rc = msgpack_pack_map(&pk, 6);
     rc |= mp_pack_cstr(&pk, "id") | mp_pack_cstr(&pk, e->id);
     rc |= mp_pack_cstr(&pk, "kind") | mp_pack_cstr(&pk, e->kind[0] ? e->kind : "chat");

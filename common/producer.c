@@ -169,7 +169,10 @@ static void req_done(prod_req_t *r, int err, const char *job_id, int existing, c
     rp_producer_cb cb = r->cb;
     void *data = r->data;
     char id[RP_JOB_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", job_id ? job_id : r->job_id);
+    const char *src = job_id ? job_id : r->job_id;
+    size_t n = strnlen(src, RP_JOB_ID_LEN); /* (snprintf cost more than the rest) */
+    memcpy(id, src, n);
+    id[n] = '\0';
     char *m = msg ? strdup(msg) : NULL; /* msg may point into r */
     req_free(r);
     cb(data, err, id[0] ? id : NULL, existing, m ? m : (err ? rp_strerror(err) : NULL));

@@ -330,7 +330,9 @@ static void on_enqueued(void *data, int err, const char *job_id, int existing, c
         }
         rp_buf_putc(&b, '}');
         if (!rp_buf_failed(&b)) {
-            snprintf(rq->job_id, sizeof(rq->job_id), "%.36s", job_id);
+            size_t n = strnlen(job_id, sizeof(rq->job_id) - 1);
+            memcpy(rq->job_id, job_id, n);
+            rq->job_id[n] = '\0';
             rq_respond(rq, 202, NULL, b.data, b.len);
         } else {
             /* The job is durable but we cannot say so: the client retries

@@ -326,6 +326,42 @@ static void test_cache_rechecks_time_and_keys(void **state)
     free(c);
 }
 
+/* Tokens that land on one slot share it (two ways): with 64 users' tokens
+ * in a 2-slot cache, the last two verified are both answered from it, and
+ * in a 256-slot cache all 64 are (a direct-mapped cache thrashed on the
+ * pairs that collided). */
+static void test_cache_two_ways(void **state)
+{
+    (void)state;
+    size_t sizes[] = {2, 256};
+    for (size_t z = 0; z < 2; z++) {
+        rp_jwt_verifier_t *v = verifier(sizes[z]);
+        char *tok[64];
+        rp_jwt_claims_t cl;
+        for (int i = 0; i < 64; i++) {
+            char sub[64];
+            snprintf(sub, sizeof(sub), "00000000-0000-4000-8000-%012d", i);
+            char *c = tk_claims(sub, "authenticated", "authenticated", NOW, 3600, NULL);
+            tok[i] = tk_sign("HS256", NULL, SECRET, strlen(SECRET), NULL, c);
+            free(c);
+            assert_int_equal(verify(v, tok[i], NOW, &cl, NULL), 0);
+        }
+        int hits = 0;
+        int from = sizes[z] == 2 ? 62 : 0;
+        for (int i = from; i < 64; i++) {
+            assert_int_equal(verify(v, tok[i], NOW, &cl, NULL), 0);
+            hits += cl.cached;
+        }
+        if (sizes[z] == 2)
+            assert_int_equal(hits, 2);
+        else
+            assert_true(hits >= 60); /* three-way collisions may still evict */
+        for (int i = 0; i < 64; i++)
+            free(tok[i]);
+        rp_jwt_verifier_free(v);
+    }
+}
+
 static void test_jwks_documents(void **state)
 {
     (void)state;
@@ -393,6 +429,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_algorithms_and_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_rechecks_time_and_keys, setup, teardown),
+        cmocka_unit_test(test_cache_two_ways),
         cmocka_unit_test(test_jwks_documents),
         cmocka_unit_test(test_base64url),
     };
