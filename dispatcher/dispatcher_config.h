@@ -16,7 +16,7 @@ typedef struct rp_dispatcher_cfg {
     char *host;
     long port;
     char *port_file;
-    long threads; /* 0 = one per CPU (rp_dispatcher_threads) */
+    long threads; /* 0 = automatic (rp_dispatcher_threads) */
     char *queue;  /* "postgres" or "redis" */
     char *database_url;
     char *redis_url;
@@ -56,8 +56,9 @@ void rp_dispatcher_cfg_free(rp_dispatcher_cfg_t *cfg);
  * REDIS_URL; NULL for a local limiter ("off", or neither set).  Borrowed. */
 const char *rp_dispatcher_cfg_ratelimit_redis(const rp_dispatcher_cfg_t *cfg);
 
-/* The number of threads to run: RAGPOOL_DISPATCHER_THREADS, or with 0 the
- * CPUs this process may use (uv_available_parallelism). */
+/* The number of threads to run: RAGPOOL_DISPATCHER_THREADS, or with 0 one
+ * for the Postgres queue and the CPUs this process may use
+ * (uv_available_parallelism) for Redis. */
 int rp_dispatcher_threads(const rp_dispatcher_cfg_t *cfg);
 
 #endif

@@ -22,8 +22,9 @@
  *    /metrics counts every thread's answers, the local rate limit is one
  *    bucket per user for the whole process, SIGTERM drains every thread.
  *
- * ctest runs this program twice: with the default number of threads (one
- * per CPU) and as integration/threads1/test_dispatcher with one.
+ * ctest runs this program twice: with the automatic number of threads
+ * (one for the Postgres queue, one per CPU for Redis) and as
+ * integration/threads2/test_dispatcher with two for every test.
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -185,11 +185,10 @@ static void edge_stop(rp_test_ctx_t *t, edge_t *e)
 /* ------------------------------------------------------------------ */
 /* HTTP                                                                */
 
-
 /* POST to the function with token, content type and Idempotency-Key (each
  * may be NULL) and body (length len, or strlen when len is 0). */
 static rp_test_resp_t post(const edge_t *e, const char *token, const char *ctype, const char *idem,
-                   const char *body, size_t len)
+                           const char *body, size_t len)
 {
     char *auth = NULL, ct[128], ik[400];
     const char *h[4];
@@ -280,6 +279,38 @@ static long long jobs_count(rp_test_ctx_t *t)
     return rp_test_sql_int(t->db, "select count(*) from ragpool.jobs");
 }
 
+/* The same handler under `deno serve --parallel serve.ts` (Deno's own
+ * server, a worker per CPU; bench/dispatcher measures it): listening once
+ * it says so, on the port it prints. */
+static edge_t edge_serve_parallel(rp_test_ctx_t *t, const char *name)
+{
+    char db[600], dd[600], cfg[600], entry[600];
+    snprintf(db, sizeof(db), "DATABASE_URL=%s", t->db_url);
+    snprintf(dd, sizeof(dd), "DENO_DIR=%s", g_deno_dir);
+    snprintf(cfg, sizeof(cfg), "%s/deno.json", g_fn);
+    snprintf(entry, sizeof(entry), "%s/serve.ts", g_fn);
+    const char *env[] = {
+        dd,           db,  "SUPABASE_JWT_SECRET=" SECRET, "RAGPOOL_QUEUE=postgres", "DENO_JOBS=2",
+        "NO_COLOR=1", NULL};
+    const char *argv[] = {g_deno,      "serve",  "--parallel",  "--cached-only", "--frozen",
+                          "--config",  cfg,      "--allow-net", "--allow-env",   "--host",
+                          "127.0.0.1", "--port", "0",           entry,           NULL};
+    edge_t e;
+    e.p = rp_test_proc_start(name, argv, env);
+    rp_test_ctx_adopt(t, e.p);
+    if (rp_test_proc_wait_log(e.p, "Listening on http://127.0.0.1:", RP_TEST_WAIT_MS) < 0) {
+        rp_test_ctx_dump(t);
+        fail_msg("%s did not become ready", name);
+    }
+    char *log = rp_test_proc_log(e.p);
+    const char *at = strstr(log, "Listening on http://127.0.0.1:");
+    int port = at != NULL ? atoi(at + strlen("Listening on http://127.0.0.1:")) : 0;
+    free(log);
+    rp_test_assert(t, port > 0);
+    snprintf(e.base, sizeof(e.base), "http://127.0.0.1:%d", port);
+    return e;
+}
+
 static int teardown(void **state)
 {
     rp_test_ctx_free(*state);
@@ -351,9 +382,9 @@ static void test_accept_and_answer(void **state)
     rp_test_resp_t r = rp_test_request("OPTIONS", u, pre, NULL, 0);
     rp_test_assert(t, r.status == 200 && strcmp(r.body, "ok") == 0);
     rp_test_assert(t, rp_test_resp_has_header(&r, "Access-Control-Allow-Origin: *"));
-    rp_test_assert(
-        t, rp_test_resp_has_header(&r, "Access-Control-Allow-Headers: authorization, x-client-info, apikey, "
-                          "content-type"));
+    rp_test_assert(t, rp_test_resp_has_header(
+                          &r, "Access-Control-Allow-Headers: authorization, x-client-info, apikey, "
+                              "content-type"));
     rp_test_assert(t, rp_test_resp_has_header(&r, "Access-Control-Allow-Methods: POST, OPTIONS"));
     rp_test_resp_free(&r);
 
@@ -584,6 +615,33 @@ static void test_redis_queue(void **state)
     rp_test_ctx_pass(t);
 }
 
+static void test_deno_serve_parallel(void **state)
+{
+    rp_test_ctx_t *t = rp_test_ctx_new("edge_parallel", NULL);
+    *state = t;
+    edge_t e = edge_serve_parallel(t, "ai-enqueue-parallel");
+    char *a = hs_token(USER_A);
+    /* Several requests, several connections: whichever worker takes one
+     * answers like index.ts does. */
+    for (int i = 0; i < 6; i++)
+        free(accepted_id(t, post(&e, a, "application/json", NULL, "{\"message\":\"hi\"}", 0)));
+    rp_test_assert(t, jobs_count(t) == 6);
+    rp_test_assert(t, rp_test_sql_int(t->db,
+                                      "select count(*) from ragpool.jobs where "
+                                      "payload->>'user_id' = '%s'",
+                                      USER_A) == 6);
+    expect_error(t, post(&e, "not.a.token", "application/json", NULL, "{\"message\":\"hi\"}", 0),
+                 401, "invalid_token");
+    expect_error(t, post(&e, a, "application/json", NULL, "{\"message\":1}", 0), 422,
+                 "invalid_fields");
+    rp_test_assert(t, jobs_count(t) == 6);
+    /* `deno serve` does not drain on SIGTERM (index.ts does, under deno
+     * run); nothing here is in flight any more. */
+    rp_test_proc_kill(e.p);
+    free(a);
+    rp_test_ctx_pass(t);
+}
+
 int main(void)
 {
     rp_test_require_stack("test_edge_function");
@@ -594,6 +652,7 @@ int main(void)
         cmocka_unit_test_teardown(test_every_refusal, teardown),
         cmocka_unit_test_teardown(test_queue_unavailable, teardown),
         cmocka_unit_test_teardown(test_redis_queue, teardown),
+        cmocka_unit_test_teardown(test_deno_serve_parallel, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

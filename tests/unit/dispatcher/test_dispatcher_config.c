@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <uv.h>
 
 #include "dispatcher_config.h"
 
@@ -45,6 +46,34 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.cors_origins, "*");
     assert_null(rp_dispatcher_cfg_ratelimit_redis(&cfg));
     rp_dispatcher_cfg_free(&cfg);
+}
+
+static void expect_bad(const char *const *env, const char *name);
+
+/* Automatic threads: one for the Postgres queue (one commit group), one
+ * per CPU for Redis; a number given is taken as it is. */
+static void test_threads(void **state)
+{
+    (void)state;
+    const char *pg[] = {"DATABASE_URL=postgresql://x/db", "SUPABASE_JWT_SECRET=s", NULL};
+    const char *redis[] = {"DATABASE_URL=postgresql://x/db", "SUPABASE_JWT_SECRET=s",
+                           "RAGPOOL_QUEUE=redis", "REDIS_URL=redis://127.0.0.1:6379", NULL};
+    const char *three[] = {"DATABASE_URL=postgresql://x/db", "SUPABASE_JWT_SECRET=s",
+                           "RAGPOOL_DISPATCHER_THREADS=3", NULL};
+    rp_dispatcher_cfg_t cfg;
+    rp_err_t err = {0};
+    assert_int_equal(load(pg, &cfg, &err), 0);
+    assert_int_equal(rp_dispatcher_threads(&cfg), 1);
+    rp_dispatcher_cfg_free(&cfg);
+    assert_int_equal(load(redis, &cfg, &err), 0);
+    assert_int_equal(rp_dispatcher_threads(&cfg), (int)uv_available_parallelism());
+    rp_dispatcher_cfg_free(&cfg);
+    assert_int_equal(load(three, &cfg, &err), 0);
+    assert_int_equal(rp_dispatcher_threads(&cfg), 3);
+    rp_dispatcher_cfg_free(&cfg);
+    const char *bad[] = {"DATABASE_URL=postgresql://x/db", "SUPABASE_JWT_SECRET=s",
+                         "RAGPOOL_DISPATCHER_THREADS=-1", NULL};
+    expect_bad(bad, "RAGPOOL_DISPATCHER_THREADS");
 }
 
 static void expect_bad(const char *const *env, const char *name)
@@ -108,6 +137,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_bad_values_name_the_variable),
         cmocka_unit_test(test_rate_limit_redis_choice),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
