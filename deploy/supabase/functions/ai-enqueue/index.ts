@@ -302,7 +302,7 @@ export async function handler(req: Request): Promise<Response> {
 }
 
 /** The handler with a last line of defence: an unexpected exception is a JSON 500, logged. */
-async function serve(req: Request): Promise<Response> {
+export async function serve(req: Request): Promise<Response> {
   try {
     return await handler(req);
   } catch (e) {
