@@ -544,8 +544,9 @@ static void test_redis_mixed_batch(void **state)
 }
 
 /* Redis refuses every XADD (the stream's key holds a string): each job is
- * answered with Redis's reason, and no idempotency key is left behind that
- * would make a retry look like a repeat. */
+ * answered with Redis's reason, through the script (a batch with a key)
+ * and as plain XADDs (a batch without), and no idempotency key is left
+ * behind that would make a retry look like a repeat. */
 static void test_redis_refused(void **state)
 {
     world_t *w = *state;
@@ -564,6 +565,16 @@ static void test_redis_refused(void **state)
     }
     free(s);
     assert_int_equal(idem_count(w), 0);
+    /* A batch without caller-chosen ids goes as plain XADDs: refused the
+     * same way, job by job. */
+    rp_enqueue_t plain[2] = {{.user_id = USER, .message = "d"}, {.user_id = USER, .message = "e"}};
+    s = enqueue_all(&r, plain, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(s[i].a.err, RP_EDB);
+        if (strstr(s[i].a.msg, "Redis refused the job: WRONGTYPE") == NULL)
+            fail_msg("plain job %d: '%s'", i, s[i].a.msg);
+    }
+    free(s);
     freeReplyObject(redisCommand(w->rh, "DEL %s", w->stream));
     /* The same keyed job goes in once the stream is usable. */
     s = enqueue_all(&r, &jobs[1], 1);
