@@ -153,3 +153,16 @@ char *rp_str_concat(const char *a, const char *b)
     }
     return s;
 }
+
+size_t rp_put_decimal(char *dst, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}

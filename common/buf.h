@@ -11,13 +11,16 @@
 #include <stddef.h>
 
 typedef struct rp_buf {
-    char *data;  /* owned; NULL until the first append */
-    size_t len;  /* bytes used, not counting the NUL */
-    size_t cap;  /* bytes allocated */
-    int failed;  /* an allocation failed: the content is incomplete */
+    char *data; /* owned; NULL until the first append */
+    size_t len; /* bytes used, not counting the NUL */
+    size_t cap; /* bytes allocated */
+    int failed; /* an allocation failed: the content is incomplete */
 } rp_buf_t;
 
-#define RP_BUF_INIT {NULL, 0, 0, 0}
+#define RP_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0, 0                                                                              \
+    }
 
 void rp_buf_append(rp_buf_t *b, const void *data, size_t len);
 void rp_buf_puts(rp_buf_t *b, const char *s);
@@ -38,5 +41,10 @@ void rp_buf_free(rp_buf_t *b);
 /* a followed by b, newly allocated (free with free()); NULL when out of
  * memory.  For URLs, headers and key names built once at start-up. */
 char *rp_str_concat(const char *a, const char *b);
+
+/* The decimal digits of v written to dst (at least 20 bytes; no NUL);
+ * returns how many.  For per-request and per-value formatting, where
+ * snprintf costs more than the rest of the work. */
+size_t rp_put_decimal(char *dst, unsigned long long v);
 
 #endif

@@ -48,6 +48,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "buf.h"
+
 #define RP_HTTPD_READ_BUF (64 * 1024)
 #define RP_HTTPD_INLINE 2048      /* inline bytes per request (text and small bodies) */
 #define RP_HTTPD_INLINE_HDRS 24   /* header slots before the table moves to the heap */
@@ -413,27 +415,12 @@ static void conn_flush(conn_t *c)
 
 /* Serialise status line and headers into dst (or just count when dst is
  * NULL); returns the length. */
-/* Decimal digits of v into dst (no NUL); returns how many.  Answers are
- * formatted per request, and snprintf cost more than the rest of the head. */
-static size_t put_decimal(char *dst, size_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
-    return n;
-}
-
 static size_t head_format(char *dst, int status, const char *const *headers, const char *extra1,
                           const char *extra2)
 {
     char line[32];
     memcpy(line, "HTTP/1.1 ", 9);
-    size_t n = 9 + put_decimal(line + 9, status >= 100 && status <= 999 ? (size_t)status : 500);
+    size_t n = 9 + rp_put_decimal(line + 9, status >= 100 && status <= 999 ? (size_t)status : 500);
     line[n++] = ' ';
     const char *reason = rp_httpd_reason(status);
     size_t len = 0;
@@ -1152,7 +1139,7 @@ int rp_httpd_respond(rp_httpd_req_t *r, int status, const char *const *headers, 
         return RP_EINVAL;
     char extra[96];
     memcpy(extra, "Content-Length: ", 16);
-    size_t n = 16 + put_decimal(extra + 16, len);
+    size_t n = 16 + rp_put_decimal(extra + 16, len);
     const char *conn =
         r->keepalive ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n";
     memcpy(extra + n, conn, strlen(conn) + 1);

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+
 static int b64_value(unsigned char c)
 {
     if (c >= 'A' && c <= 'Z')
@@ -47,8 +49,8 @@ long rp_vec_from_base64(const char *b64, size_t len, float *out, size_t max)
             bits -= 8;
             word[wi++] = (uint8_t)(acc >> bits);
             if (wi == 4) {
-                uint32_t u = (uint32_t)word[0] | (uint32_t)word[1] << 8 |
-                             (uint32_t)word[2] << 16 | (uint32_t)word[3] << 24;
+                uint32_t u = (uint32_t)word[0] | (uint32_t)word[1] << 8 | (uint32_t)word[2] << 16 |
+                             (uint32_t)word[3] << 24;
                 float f;
                 memcpy(&f, &u, sizeof(f));
                 if (!isfinite(f))
@@ -91,14 +93,7 @@ size_t rp_vec_format_float(char *out, float value)
     char *p = out;
     if (v < 0)
         *p++ = '-';
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + ip % 10);
-        ip /= 10;
-    } while (ip > 0);
-    while (n > 0)
-        *p++ = tmp[--n];
+    p += rp_put_decimal(p, ip);
     if (fp != 0) {
         *p++ = '.';
         char frac[16];
