@@ -158,6 +158,7 @@ struct rp_dispatcher {
     /* rate limit script */
     char rl_sha[41];
     int rl_use_eval; /* the server lost the script: send it whole */
+    int rl_first;    /* RL_FIRST_*: how the first connection to Redis went */
 
     /* lifecycle */
     size_t inflight;
@@ -398,10 +399,21 @@ static void chat_limit_local(rq_t *rq)
 
 static void send_limit_command(rq_t *rq);
 
+/* Until Redis has answered once, the limit waits for its first connection
+ * (a command queues while it connects, for at most LIMIT_TIMEOUT_MS)
+ * instead of deciding locally: at start-up every dispatcher would
+ * otherwise let a whole burst through on its own.  If that first attempt
+ * fails, decisions are local at once until Redis is up. */
+enum { RL_FIRST_PENDING = 0, RL_FIRST_ANSWERED, RL_FIRST_FAILED };
+
 static void on_limit_reply(void *data, int err, const rp_redis_reply_t *reply)
 {
     rq_t *rq = data;
     rp_dispatcher_t *d = rq->d;
+    if (err == 0)
+        d->rl_first = RL_FIRST_ANSWERED;
+    else if (d->rl_first == RL_FIRST_PENDING)
+        d->rl_first = RL_FIRST_FAILED;
     if (err == 0 && rp_redis_reply_type(reply) == RP_REDIS_ERROR) {
         const char *msg = rp_redis_reply_str(reply, NULL);
         if (msg != NULL && strncmp(msg, "NOSCRIPT", 8) == 0 && !rq->limit_eval) {
@@ -464,7 +476,8 @@ static void chat_limit(rq_t *rq)
     rp_dispatcher_t *d = rq->d;
     if (d->sh->rl == NULL)
         chat_enqueue(rq);
-    else if (d->rl_redis != NULL && rp_redis_is_up(d->rl_redis))
+    else if (d->rl_redis != NULL &&
+             (rp_redis_is_up(d->rl_redis) || d->rl_first == RL_FIRST_PENDING))
         send_limit_command(rq);
     else
         chat_limit_local(rq);

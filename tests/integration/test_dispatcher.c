@@ -64,8 +64,9 @@ typedef struct disp {
     char base[64];
 } disp_t;
 
-/* Start a dispatcher for w with extra env overrides; wait until it listens. */
-static disp_t disp_start(world_t *w, const char *name, const char *const *extra)
+/* Start a dispatcher for w with extra env overrides; wait until it listens
+ * and, when healthy is set, until /healthz says its connections are up. */
+static disp_t disp_start_x(world_t *w, const char *name, const char *const *extra, int healthy)
 {
     static int seq;
     char port_file[512], db[600], jwks[600], pf[600];
@@ -106,7 +107,7 @@ static disp_t disp_start(world_t *w, const char *name, const char *const *extra)
      * up in the background.  Wait until /healthz says every part is up,
      * on several connections in a row (each may land on another thread),
      * unless this dispatcher is meant to find its database down. */
-    if (strstr(name, "nodb") != NULL)
+    if (!healthy)
         return d;
     char *u = malloc(strlen(d.base) + 16);
     sprintf(u, "%s/healthz", d.base);
@@ -124,6 +125,11 @@ static disp_t disp_start(world_t *w, const char *name, const char *const *extra)
         fail_msg("%s did not report healthy", name);
     }
     return d;
+}
+
+static disp_t disp_start(world_t *w, const char *name, const char *const *extra)
+{
+    return disp_start_x(w, name, extra, 1);
 }
 
 /* SIGTERM must end a dispatcher with status 0 (under the sanitizers this
@@ -279,6 +285,30 @@ static long long jobs_count(world_t *w)
 
 /* ------------------------------------------------------------------ */
 /* tests                                                               */
+
+/* The sum of the /metrics lines starting with prefix. */
+static long long metric_sum(const char *text, const char *prefix)
+{
+    long long sum = 0;
+    size_t n = strlen(prefix);
+    for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, prefix, n) == 0) {
+            const char *sp = strchr(p, ' ');
+            if (sp != NULL)
+                sum += atoll(sp + 1);
+        }
+    return sum;
+}
+
+/* The value of the first /metrics line starting with prefix, or -1. */
+static long long metric(const char *text, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, prefix, n) == 0 && p[n] == ' ')
+            return atoll(p + n + 1);
+    return -1;
+}
 
 /* A user id no other run shares (the shared limit's buckets live in the
  * one Redis every test program uses, and ctest runs this program twice at
@@ -490,8 +520,10 @@ static void test_rate_limit(void **state)
     fresh_user(user);
     snprintf(rl, sizeof(rl), "RAGPOOL_RATE_LIMIT_REDIS=%s", rp_test_env("REDIS_URL"));
     const char *shared[] = {"RAGPOOL_RATE_LIMIT_RPS=0.01", "RAGPOOL_RATE_LIMIT_BURST=2", rl, NULL};
-    disp_t d1 = disp_start(w, "dispatcher-r1", shared);
-    disp_t d2 = disp_start(w, "dispatcher-r2", shared);
+    /* Used the moment they listen: the limit waits for Redis's first
+     * connection rather than deciding locally (no fallback counted). */
+    disp_t d1 = disp_start_x(w, "dispatcher-r1", shared, 0);
+    disp_t d2 = disp_start_x(w, "dispatcher-r2", shared, 0);
     char *u = hs_token(user, "authenticated", "authenticated", 3600);
     free(expect_accepted(w, chat(&d1, u, J, NULL, body)));
     free(expect_accepted(w, chat(&d2, u, J, NULL, body)));
@@ -504,10 +536,35 @@ static void test_rate_limit(void **state)
                    strstr(mr.body, "ragpool_dispatcher_rate_limit_fallbacks_total 0") != NULL);
     rp_test_resp_free(&mr);
     free(m);
+
+    /* The limiter's Redis unreachable from the start: the first decision
+     * waits for that first attempt, fails over to the local bucket (one
+     * fallback counted per thread), and the next ones are local at once. */
+    const char *down[] = {"RAGPOOL_RATE_LIMIT_RPS=0.01", "RAGPOOL_RATE_LIMIT_BURST=2",
+                          "RAGPOOL_RATE_LIMIT_REDIS=redis://127.0.0.1:9", NULL};
+    disp_t d3 = disp_start_x(w, "dispatcher-rl-down", down, 0);
+    char user3[64];
+    fresh_user(user3);
+    char *u3 = hs_token(user3, "authenticated", "authenticated", 3600);
+    free(expect_accepted(w, chat(&d3, u3, J, NULL, body)));
+    free(expect_accepted(w, chat(&d3, u3, J, NULL, body)));
+    expect_error(w, chat(&d3, u3, J, NULL, body), 429, "rate_limited");
+    m = url(&d3, "/metrics");
+    mr = rp_test_request("GET", m, NULL, NULL, 0);
+    /* One per thread that took a request (each waits for its own first
+     * connection); ctest's second run has two threads. */
+    const char *tenv = getenv("RAGPOOL_DISPATCHER_THREADS");
+    long long fallbacks = metric(mr.body, "ragpool_dispatcher_rate_limit_fallbacks_total");
+    rp_test_assert(w->t, fallbacks >= 1 && fallbacks <= (tenv != NULL ? atoll(tenv) : 1));
+    rp_test_resp_free(&mr);
+    free(m);
+
     stop_clean(w, &d);
     stop_clean(w, &d1);
     stop_clean(w, &d2);
+    stop_clean(w, &d3);
     free(u);
+    free(u3);
     free(a);
     rp_test_ctx_pass(w->t);
 }
@@ -562,7 +619,7 @@ static void test_health_metrics_cors_sigterm(void **state)
     /* Postgres unreachable: 503 naming it (start-up does not need it). */
     static const char *const nodb[] = {
         "DATABASE_URL=postgresql://postgres@127.0.0.1:9/none?connect_timeout=1", NULL};
-    disp_t bad = disp_start(w, "dispatcher-nodb", nodb);
+    disp_t bad = disp_start_x(w, "dispatcher-nodb", nodb, 0);
     u = url(&bad, "/healthz");
     r = rp_test_request("GET", u, NULL, NULL, 0);
     rp_test_assert(w->t, r.status == 503 && strstr(r.body, "\"postgres\":\"down\"") != NULL);
@@ -577,30 +634,6 @@ static void test_health_metrics_cors_sigterm(void **state)
     stop_clean(w, &bad);
     free(a);
     rp_test_ctx_pass(w->t);
-}
-
-/* The sum of the /metrics lines starting with prefix. */
-static long long metric_sum(const char *text, const char *prefix)
-{
-    long long sum = 0;
-    size_t n = strlen(prefix);
-    for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (strncmp(p, prefix, n) == 0) {
-            const char *sp = strchr(p, ' ');
-            if (sp != NULL)
-                sum += atoll(sp + 1);
-        }
-    return sum;
-}
-
-/* The value of the first /metrics line starting with prefix, or -1. */
-static long long metric(const char *text, const char *prefix)
-{
-    size_t n = strlen(prefix);
-    for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (strncmp(p, prefix, n) == 0 && p[n] == ' ')
-            return atoll(p + n + 1);
-    return -1;
 }
 
 static void test_threads(void **state)
